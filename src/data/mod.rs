@@ -1,1 +1,3 @@
-//! placeholder
+//! SWIFT-format datasets: rows, images + smart_resize, chat template, tokenization.
+
+pub mod record;

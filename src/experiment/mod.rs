@@ -1,1 +1,3 @@
-//! placeholder
+//! Experiment files: raw TOML schema, validation with file:line errors, sweep expansion.
+
+pub mod schema;

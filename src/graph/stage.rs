@@ -1,0 +1,75 @@
+//! The one trait through which the executor knows stages. Adding a stage kind means
+//! implementing `Stage` in `src/stages/`; the executor does not change.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Artifacts of a finished upstream stage, as handed to a downstream stage.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Stage kind (`dataset`, `train`, ...).
+    pub kind: String,
+    /// Content key of the cache entry.
+    pub key: String,
+    /// Directory holding its artifacts (a complete cache entry).
+    pub dir: PathBuf,
+}
+
+/// Everything a running stage may use besides its own params.
+pub struct StageContext<'a> {
+    /// Stage name in the experiment (`train`, or `train` of variant `r8-lr1e-4`).
+    pub name: &'a str,
+    /// This stage's content key.
+    pub key: &'a str,
+    /// Where to write artifacts. Stable per key (not random) so a resumable stage finds its
+    /// checkpoints after a crash; renamed into the cache when `run` returns Ok.
+    pub out_dir: &'a Path,
+    /// Upstream artifacts by upstream stage name.
+    pub inputs: &'a BTreeMap<String, Upstream>,
+    /// Device chosen by the scheduler for this stage (`cpu`, `cuda:0`), if it pins one.
+    pub device: Option<&'a str>,
+    /// Shared progress area (add bars to it; never print directly while bars are live).
+    pub progress: &'a indicatif::MultiProgress,
+}
+
+impl StageContext<'_> {
+    /// The single upstream of `kind`, if any (e.g. the dataset a train stage needs).
+    pub fn upstream_of_kind(&self, kind: &str) -> Option<&Upstream> {
+        self.inputs.values().find(|u| u.kind == kind)
+    }
+}
+
+/// Failure of a stage: bad user input (exit 2) or a runtime failure (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The input is wrong (a missing file, a malformed row, a bad label): one line, exit 2.
+    #[error("{0}")]
+    Input(String),
+    /// Anything else.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+/// A stage kind implementation: its params, how its key is formed, and `run`.
+pub trait Stage: Send + Sync {
+    /// Kind name as in the experiment file.
+    fn kind(&self) -> &'static str;
+    /// Bump when the implementation changes its artifacts; part of the content key.
+    fn version(&self) -> u32;
+    /// Resolved parameters in canonical JSON form (sorted keys); part of the key and the
+    /// manifest. Must not contain anything that does not change the output.
+    fn params(&self) -> serde_json::Value;
+    /// Files whose bytes the output depends on (datasets, images, weights).
+    fn input_files(&self) -> Result<Vec<PathBuf>, StageError>;
+    /// Stage kinds this stage requires among its `needs` (validated before anything runs).
+    fn required_inputs(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Whether a crashed run may continue from what it left in `out_dir` (checkpoints).
+    /// Otherwise the executor empties `out_dir` before `run`.
+    fn resumable(&self) -> bool {
+        false
+    }
+    /// Compute the artifacts into `ctx.out_dir`.
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError>;
+}
