@@ -293,3 +293,12 @@ fn default_split() -> String {
 fn default_score_batch() -> usize {
     8
 }
+
+/// What every stage sees of the experiment besides its own table. Paths are absolute
+/// (resolved against the experiment file's folder) by the time a stage gets this.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Common {
+    pub model: ModelSpec,
+    pub task: TaskSpec,
+    pub seed: u64,
+}
