@@ -1,1 +1,3 @@
-//! placeholder
+//! Reports of scored splits: metrics, tables, plots.
+
+pub mod metrics;
