@@ -13,6 +13,7 @@ pub mod adapter;
 pub mod backend;
 pub mod data;
 pub mod experiment;
+pub mod export;
 pub mod graph;
 pub mod model;
 pub mod report;

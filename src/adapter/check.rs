@@ -22,7 +22,10 @@ pub struct ModelShapes {
 /// - the saved head, if any, is `[num_labels, hidden]`.
 pub fn check_fits(adapter: &PeftAdapter, model: &ModelShapes) -> Result<(), AdapterError> {
     let weights = adapter.dir.join(super::peft::WEIGHTS_FILE);
-    let mismatch = |message: String| AdapterError::Mismatch { path: weights.clone(), message };
+    let mismatch = |message: String| AdapterError::Mismatch {
+        path: weights.clone(),
+        message,
+    };
     let r = adapter.config.r;
     for p in &adapter.modules {
         let Some(&[out, inp]) = model.linears.get(&p.module) else {
@@ -51,22 +54,35 @@ pub fn check_fits(adapter: &PeftAdapter, model: &ModelShapes) -> Result<(), Adap
         }
     }
     let cfg_path = adapter.dir.join(super::peft::CONFIG_FILE);
-    let matcher = adapter
-        .config
-        .target_modules
-        .matcher()
-        .map_err(|message| AdapterError::Config { path: cfg_path.clone(), field: "target_modules", message })?;
-    let adapted: std::collections::BTreeSet<&str> = adapter.modules.iter().map(|p| p.module.as_str()).collect();
+    let matcher =
+        adapter
+            .config
+            .target_modules
+            .matcher()
+            .map_err(|message| AdapterError::Config {
+                path: cfg_path.clone(),
+                field: "target_modules",
+                message,
+            })?;
+    let adapted: std::collections::BTreeSet<&str> =
+        adapter.modules.iter().map(|p| p.module.as_str()).collect();
     if let Some(p) = adapter.modules.iter().find(|p| !matcher.matches(&p.module)) {
         return Err(AdapterError::Config {
             path: cfg_path,
             field: "target_modules",
-            message: format!("does not select `{}`, which has LoRA tensors in {WEIGHTS}", p.module, WEIGHTS = super::peft::WEIGHTS_FILE),
+            message: format!(
+                "does not select `{}`, which has LoRA tensors in {WEIGHTS}",
+                p.module,
+                WEIGHTS = super::peft::WEIGHTS_FILE
+            ),
         });
     }
     let mut names: Vec<&String> = model.linears.keys().collect();
     names.sort_by_key(|n| natural_key(n));
-    if let Some(missing) = names.into_iter().find(|n| matcher.matches(n) && !adapted.contains(n.as_str())) {
+    if let Some(missing) = names
+        .into_iter()
+        .find(|n| matcher.matches(n) && !adapted.contains(n.as_str()))
+    {
         return Err(AdapterError::Config {
             path: cfg_path,
             field: "target_modules",
@@ -104,11 +120,22 @@ fn describe_linears(model: &ModelShapes) -> String {
         model
             .linears
             .keys()
-            .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok())
+            .filter_map(|k| {
+                k.strip_prefix(prefix)?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
             .max()
             .map_or(0, |m| m + 1)
     };
-    let example = model.linears.keys().min_by_key(|n| natural_key(n)).cloned().unwrap_or_default();
+    let example = model
+        .linears
+        .keys()
+        .min_by_key(|n| natural_key(n))
+        .cloned()
+        .unwrap_or_default();
     format!(
         "it has {} text layers and {} vision blocks; linear layers are named like `{example}`",
         count("model.language_model.layers."),
@@ -126,14 +153,28 @@ mod tests {
     fn model() -> ModelShapes {
         let mut linears = BTreeMap::new();
         for i in 0..2 {
-            linears.insert(format!("model.language_model.layers.{i}.self_attn.q_proj"), [8, 8]);
-            linears.insert(format!("model.language_model.layers.{i}.mlp.down_proj"), [8, 16]);
+            linears.insert(
+                format!("model.language_model.layers.{i}.self_attn.q_proj"),
+                [8, 8],
+            );
+            linears.insert(
+                format!("model.language_model.layers.{i}.mlp.down_proj"),
+                [8, 16],
+            );
         }
         linears.insert("model.visual.blocks.0.attn.qkv".into(), [12, 4]);
-        ModelShapes { linears, num_labels: 3, hidden_size: 8 }
+        ModelShapes {
+            linears,
+            num_labels: 3,
+            hidden_size: 8,
+        }
     }
 
-    fn adapter(modules: Vec<(&str, [usize; 2], [usize; 2])>, targets: TargetModules, score: Option<[usize; 2]>) -> PeftAdapter {
+    fn adapter(
+        modules: Vec<(&str, [usize; 2], [usize; 2])>,
+        targets: TargetModules,
+        score: Option<[usize; 2]>,
+    ) -> PeftAdapter {
         let modules = modules
             .into_iter()
             .map(|(m, a, b)| LoraPair {
@@ -157,8 +198,16 @@ mod tests {
     fn accepts_a_fitting_adapter() {
         let ad = adapter(
             vec![
-                ("model.language_model.layers.0.self_attn.q_proj", [2, 8], [8, 2]),
-                ("model.language_model.layers.1.self_attn.q_proj", [2, 8], [8, 2]),
+                (
+                    "model.language_model.layers.0.self_attn.q_proj",
+                    [2, 8],
+                    [8, 2],
+                ),
+                (
+                    "model.language_model.layers.1.self_attn.q_proj",
+                    [2, 8],
+                    [8, 2],
+                ),
             ],
             TargetModules::List(vec!["q_proj".into()]),
             Some([3, 8]),
@@ -169,21 +218,50 @@ mod tests {
     #[test]
     fn names_the_first_mismatch() {
         let q0 = "model.language_model.layers.0.self_attn.q_proj";
-        let ad = adapter(vec![(q0, [2, 9], [8, 2])], TargetModules::Regex(".*layers\\.0\\.self_attn\\.q_proj".into()), None);
+        let ad = adapter(
+            vec![(q0, [2, 9], [8, 2])],
+            TargetModules::Regex(".*layers\\.0\\.self_attn\\.q_proj".into()),
+            None,
+        );
         let e = check_fits(&ad, &model()).unwrap_err().to_string();
-        assert!(e.contains("q_proj.lora_A.weight") && e.contains("[2, 9]") && e.contains("[2, 8]"), "{e}");
+        assert!(
+            e.contains("q_proj.lora_A.weight") && e.contains("[2, 9]") && e.contains("[2, 8]"),
+            "{e}"
+        );
 
-        let ad = adapter(vec![("model.language_model.layers.5.self_attn.q_proj", [2, 8], [8, 2])], TargetModules::List(vec!["q_proj".into()]), None);
+        let ad = adapter(
+            vec![(
+                "model.language_model.layers.5.self_attn.q_proj",
+                [2, 8],
+                [8, 2],
+            )],
+            TargetModules::List(vec!["q_proj".into()]),
+            None,
+        );
         let e = check_fits(&ad, &model()).unwrap_err().to_string();
         assert!(e.contains("layers.5") && e.contains("2 text layers"), "{e}");
 
         // target_modules selects layer 1 too, but only layer 0 has tensors.
-        let ad = adapter(vec![(q0, [2, 8], [8, 2])], TargetModules::List(vec!["q_proj".into()]), None);
+        let ad = adapter(
+            vec![(q0, [2, 8], [8, 2])],
+            TargetModules::List(vec!["q_proj".into()]),
+            None,
+        );
         let e = check_fits(&ad, &model()).unwrap_err().to_string();
-        assert!(e.contains("layers.1.self_attn.q_proj") && e.contains("target_modules"), "{e}");
+        assert!(
+            e.contains("layers.1.self_attn.q_proj") && e.contains("target_modules"),
+            "{e}"
+        );
 
-        let ad = adapter(vec![], TargetModules::List(vec!["nothing".into()]), Some([5, 8]));
+        let ad = adapter(
+            vec![],
+            TargetModules::List(vec!["nothing".into()]),
+            Some([5, 8]),
+        );
         let e = check_fits(&ad, &model()).unwrap_err().to_string();
-        assert!(e.contains("5 labels") && e.contains("num_labels = 3"), "{e}");
+        assert!(
+            e.contains("5 labels") && e.contains("num_labels = 3"),
+            "{e}"
+        );
     }
 }

@@ -44,7 +44,11 @@ pub enum Factor {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdapterKey {
     /// A LoRA factor of the module with this (current-layout) name.
-    Lora { module: String, factor: Factor, layout: KeyLayout },
+    Lora {
+        module: String,
+        factor: Factor,
+        layout: KeyLayout,
+    },
     /// The fully trained classification head (`modules_to_save`).
     ScoreWeight,
 }
@@ -67,7 +71,9 @@ pub fn parse_adapter_key(key: &str) -> Result<AdapterKey, KeyProblem> {
         return Ok(AdapterKey::ScoreWeight);
     }
     if rest.starts_with("score.") {
-        return Err(KeyProblem::Unsupported("a score bias (the head has no bias)"));
+        return Err(KeyProblem::Unsupported(
+            "a score bias (the head has no bias)",
+        ));
     }
     let (module, factor) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
         (m, Factor::A)
@@ -80,10 +86,16 @@ pub fn parse_adapter_key(key: &str) -> Result<AdapterKey, KeyProblem> {
     } else if rest.ends_with(".lora_B.bias") {
         return Err(KeyProblem::Unsupported("LoRA biases (lora_bias)"));
     } else {
-        return Err(KeyProblem::Unsupported("a tensor that is neither lora_A/lora_B nor score"));
+        return Err(KeyProblem::Unsupported(
+            "a tensor that is neither lora_A/lora_B nor score",
+        ));
     };
     let (module, layout) = to_current(module).ok_or(KeyProblem::UnknownModule)?;
-    Ok(AdapterKey::Lora { module, factor, layout })
+    Ok(AdapterKey::Lora {
+        module,
+        factor,
+        layout,
+    })
 }
 
 /// The key of a LoRA factor in the current (≥ 4.52) layout.
@@ -144,9 +156,16 @@ mod tests {
         let k = "base_model.model.model.visual.blocks.0.attn.qkv.lora_B.weight";
         assert!(matches!(
             parse_adapter_key(k),
-            Ok(AdapterKey::Lora { factor: Factor::B, layout: KeyLayout::Current, .. })
+            Ok(AdapterKey::Lora {
+                factor: Factor::B,
+                layout: KeyLayout::Current,
+                ..
+            })
         ));
-        assert_eq!(parse_adapter_key("base_model.model.score.weight"), Ok(AdapterKey::ScoreWeight));
+        assert_eq!(
+            parse_adapter_key("base_model.model.score.weight"),
+            Ok(AdapterKey::ScoreWeight)
+        );
     }
 
     #[test]
@@ -171,16 +190,26 @@ mod tests {
     fn writes_and_reparses_keys() {
         let m = "model.visual.blocks.7.mlp.up_proj";
         let key = lora_key(m, Factor::A);
-        assert_eq!(key, "base_model.model.model.visual.blocks.7.mlp.up_proj.lora_A.weight");
-        assert!(matches!(parse_adapter_key(&key), Ok(AdapterKey::Lora { ref module, .. }) if module == m));
+        assert_eq!(
+            key,
+            "base_model.model.model.visual.blocks.7.mlp.up_proj.lora_A.weight"
+        );
+        assert!(
+            matches!(parse_adapter_key(&key), Ok(AdapterKey::Lora { ref module, .. }) if module == m)
+        );
         assert_eq!(score_key(), "base_model.model.score.weight");
     }
 
     #[test]
     fn rejects_what_we_cannot_load() {
-        assert_eq!(parse_adapter_key("model.layers.0.q_proj.lora_A.weight"), Err(KeyProblem::NotPeft));
+        assert_eq!(
+            parse_adapter_key("model.layers.0.q_proj.lora_A.weight"),
+            Err(KeyProblem::NotPeft)
+        );
         assert!(matches!(
-            parse_adapter_key("base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_magnitude_vector"),
+            parse_adapter_key(
+                "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_magnitude_vector"
+            ),
             Err(KeyProblem::Unsupported(_))
         ));
         assert_eq!(
@@ -191,8 +220,14 @@ mod tests {
 
     #[test]
     fn hub_names() {
-        assert_eq!(to_legacy("model.language_model.norm.weight"), "model.norm.weight");
-        assert_eq!(to_legacy("model.visual.blocks.0.attn.qkv.bias"), "visual.blocks.0.attn.qkv.bias");
+        assert_eq!(
+            to_legacy("model.language_model.norm.weight"),
+            "model.norm.weight"
+        );
+        assert_eq!(
+            to_legacy("model.visual.blocks.0.attn.qkv.bias"),
+            "visual.blocks.0.attn.qkv.bias"
+        );
         assert_eq!(to_legacy("score.weight"), "score.weight");
     }
 }

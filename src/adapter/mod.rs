@@ -27,7 +27,10 @@ pub enum AdapterError {
         source: std::io::Error,
     },
     #[error("{path}: not a PEFT adapter directory (no {missing})")]
-    NotAnAdapter { path: PathBuf, missing: &'static str },
+    NotAnAdapter {
+        path: PathBuf,
+        missing: &'static str,
+    },
     #[error("{path}: invalid JSON: {source}")]
     Json {
         path: PathBuf,
@@ -37,9 +40,17 @@ pub enum AdapterError {
     #[error("{path}: invalid safetensors file: {message}")]
     Safetensors { path: PathBuf, message: String },
     #[error("{path}: field `{field}`: {message}")]
-    Config { path: PathBuf, field: &'static str, message: String },
+    Config {
+        path: PathBuf,
+        field: &'static str,
+        message: String,
+    },
     #[error("{path}: tensor `{key}`: {message}")]
-    Tensor { path: PathBuf, key: String, message: String },
+    Tensor {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
     /// The adapter does not fit the model it is applied to.
     #[error("{path}: {message}")]
     Mismatch { path: PathBuf, message: String },

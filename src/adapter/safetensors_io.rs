@@ -82,16 +82,27 @@ pub fn write_tensors(path: &Path, tensors: &[(String, TensorData)]) -> Result<()
     }
     let views = tensors.iter().map(|(k, t)| (k.as_str(), DataView(t)));
     safetensors::serialize_to_file(views, Some(pt_metadata()), path).map_err(|e| match e {
-        safetensors::SafeTensorError::IoError(source) => AdapterError::Io { path: path.to_path_buf(), source },
-        other => AdapterError::Safetensors { path: path.to_path_buf(), message: other.to_string() },
+        safetensors::SafeTensorError::IoError(source) => AdapterError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => AdapterError::Safetensors {
+            path: path.to_path_buf(),
+            message: other.to_string(),
+        },
     })
 }
 
 /// Read every tensor of a safetensors file into host memory, in file order.
 pub fn read_tensors(path: &Path) -> Result<Vec<(String, TensorData)>, AdapterError> {
-    let bytes = std::fs::read(path).map_err(|source| AdapterError::Io { path: path.to_path_buf(), source })?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| AdapterError::Safetensors { path: path.to_path_buf(), message: e.to_string() })?;
+    let bytes = std::fs::read(path).map_err(|source| AdapterError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| AdapterError::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let mut out = Vec::with_capacity(st.len());
     for (name, view) in st.iter() {
         let dtype = from_st_dtype(view.dtype()).ok_or_else(|| AdapterError::Tensor {
@@ -107,7 +118,11 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, TensorData)>, AdapterErr
 
 /// `TensorData` as f32 (bf16/f16/f64 converted), for comparisons and LoRA tensors.
 pub fn to_f32(t: &TensorData) -> TensorData {
-    if t.dtype == DType::F32 { t.clone() } else { t.clone().convert_dtype(DType::F32) }
+    if t.dtype == DType::F32 {
+        t.clone()
+    } else {
+        t.clone().convert_dtype(DType::F32)
+    }
 }
 
 #[cfg(test)]
@@ -119,12 +134,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.safetensors");
         let a = TensorData::new(vec![1.0f32, -2.5, 3.25, 0.0, 5.0, 6.0], [2, 3]);
-        let b = TensorData::new(vec![half::bf16::from_f32(0.5), half::bf16::from_f32(-1.0)], [2]);
-        write_tensors(&path, &[("x.a".into(), a.clone()), ("y.b".into(), b.clone())]).unwrap();
+        let b = TensorData::new(
+            vec![half::bf16::from_f32(0.5), half::bf16::from_f32(-1.0)],
+            [2],
+        );
+        write_tensors(
+            &path,
+            &[("x.a".into(), a.clone()), ("y.b".into(), b.clone())],
+        )
+        .unwrap();
         let back: HashMap<_, _> = read_tensors(&path).unwrap().into_iter().collect();
         assert_eq!(back["x.a"], a);
         assert_eq!(back["y.b"].dtype, DType::BF16);
-        assert_eq!(to_f32(&back["y.b"]).to_vec::<f32>().unwrap(), vec![0.5, -1.0]);
+        assert_eq!(
+            to_f32(&back["y.b"]).to_vec::<f32>().unwrap(),
+            vec![0.5, -1.0]
+        );
         let raw = std::fs::read(&path).unwrap();
         let (_, meta) = SafeTensors::read_metadata(&raw).unwrap();
         assert_eq!(meta.metadata().as_ref().unwrap()["format"], "pt");

@@ -32,10 +32,16 @@ impl TargetModules {
             Value::String(s) => Ok(Self::Regex(s.clone())),
             Value::Array(items) => items
                 .iter()
-                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| format!("list entry {v} is not a string")))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| format!("list entry {v} is not a string"))
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Self::List),
-            other => Err(format!("expected a string or a list of strings, found {other}")),
+            other => Err(format!(
+                "expected a string or a list of strings, found {other}"
+            )),
         }
     }
 
@@ -53,7 +59,8 @@ impl TargetModules {
             Self::List(items) => TargetMatcher::Suffixes(items.clone()),
             Self::Regex(r) => {
                 // fullmatch: anchor the whole pattern.
-                let re = fancy_regex::Regex::new(&format!("^(?:{r})$")).map_err(|e| format!("invalid regex {r:?}: {e}"))?;
+                let re = fancy_regex::Regex::new(&format!("^(?:{r})$"))
+                    .map_err(|e| format!("invalid regex {r:?}: {e}"))?;
                 TargetMatcher::Regex(Box::new(re))
             }
             Self::AllLinear => TargetMatcher::AllLinear,
@@ -75,9 +82,11 @@ impl TargetMatcher {
         let legacy = to_legacy(module);
         let names = [module, legacy.as_str()];
         match self {
-            Self::Suffixes(items) => names
-                .iter()
-                .any(|n| items.iter().any(|t| *n == t || n.ends_with(&format!(".{t}")))),
+            Self::Suffixes(items) => names.iter().any(|n| {
+                items
+                    .iter()
+                    .any(|t| *n == t || n.ends_with(&format!(".{t}")))
+            }),
             Self::Regex(re) => names.iter().any(|n| re.is_match(n).unwrap_or(false)),
             Self::AllLinear => module != super::keys::SCORE,
         }
@@ -88,7 +97,10 @@ impl TargetMatcher {
 /// layers/blocks are grouped by the set of adapted sub-modules, with their indices
 /// listed, e.g. `^(?:model\.(?:language_model\.)?layers\.(?:0|1)\.(?:self_attn\.q_proj|mlp\.up_proj))$`.
 pub fn exact_regex(modules: &[String]) -> String {
-    const TEXT: (&str, &str) = ("model.language_model.layers.", r"model\.(?:language_model\.)?layers\.");
+    const TEXT: (&str, &str) = (
+        "model.language_model.layers.",
+        r"model\.(?:language_model\.)?layers\.",
+    );
     const VISION: (&str, &str) = ("model.visual.blocks.", r"(?:model\.)?visual\.blocks\.");
     let mut alternatives = Vec::new();
     let mut others = Vec::new();
@@ -110,15 +122,26 @@ pub fn exact_regex(modules: &[String]) -> String {
             by_set.entry(suffixes).or_default().push(i);
         }
         for (suffixes, indices) in by_set {
-            let idx = indices.iter().map(usize::to_string).collect::<Vec<_>>().join("|");
-            let subs = suffixes.iter().map(|s| regex_escape(s)).collect::<Vec<_>>().join("|");
+            let idx = indices
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join("|");
+            let subs = suffixes
+                .iter()
+                .map(|s| regex_escape(s))
+                .collect::<Vec<_>>()
+                .join("|");
             alternatives.push(format!("{pattern}(?:{idx})\\.(?:{subs})"));
         }
     }
     for m in modules {
-        let layered = [TEXT.0, VISION.0]
-            .iter()
-            .any(|p| m.strip_prefix(p).is_some_and(|r| r.split_once('.').is_some_and(|(i, _)| i.parse::<usize>().is_ok())));
+        let layered = [TEXT.0, VISION.0].iter().any(|p| {
+            m.strip_prefix(p).is_some_and(|r| {
+                r.split_once('.')
+                    .is_some_and(|(i, _)| i.parse::<usize>().is_ok())
+            })
+        });
         if !layered {
             let legacy = to_legacy(m);
             let alt = if legacy == *m {
@@ -152,7 +175,12 @@ mod tests {
     fn linear_names() -> Vec<String> {
         let mut v = Vec::new();
         for i in 0..3 {
-            for s in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"] {
+            for s in [
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+            ] {
                 v.push(format!("model.language_model.layers.{i}.{s}"));
             }
             for s in ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"] {
@@ -160,7 +188,13 @@ mod tests {
             }
         }
         for j in 0..12 {
-            for s in ["attn.qkv", "attn.proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"] {
+            for s in [
+                "attn.qkv",
+                "attn.proj",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+            ] {
                 v.push(format!("model.visual.blocks.{j}.{s}"));
             }
         }
@@ -171,7 +205,9 @@ mod tests {
 
     #[test]
     fn suffix_list_follows_peft() {
-        let m = TargetModules::List(vec!["q_proj".into(), "attn.proj".into()]).matcher().unwrap();
+        let m = TargetModules::List(vec!["q_proj".into(), "attn.proj".into()])
+            .matcher()
+            .unwrap();
         assert!(m.matches("model.language_model.layers.0.self_attn.q_proj"));
         assert!(m.matches("model.visual.blocks.3.attn.proj"));
         assert!(!m.matches("model.visual.blocks.3.attn.qkv"));
@@ -186,10 +222,15 @@ mod tests {
         // The shape of ms-swift's `get_multimodal_target_regex` output (freeze_vit false).
         let re = r"^(model\.language_model|model\.visual)(?!.*\b(merger|lm_head|score)\b).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|qkv|proj)$";
         let m = TargetModules::Regex(re.into()).matcher().unwrap();
-        let hits: Vec<_> = linear_names().into_iter().filter(|n| m.matches(n)).collect();
+        let hits: Vec<_> = linear_names()
+            .into_iter()
+            .filter(|n| m.matches(n))
+            .collect();
         assert_eq!(hits.len(), 3 * 7 + 12 * 5, "{hits:?}");
         // Legacy-layout regex (transformers < 4.52).
-        let m = TargetModules::Regex(r"^(model|visual)(?!.*\bmerger\b).*\.(q_proj|qkv)$".into()).matcher().unwrap();
+        let m = TargetModules::Regex(r"^(model|visual)(?!.*\bmerger\b).*\.(q_proj|qkv)$".into())
+            .matcher()
+            .unwrap();
         assert!(m.matches("model.language_model.layers.2.self_attn.q_proj"));
         assert!(m.matches("model.visual.blocks.11.attn.qkv"));
         assert!(!m.matches("model.visual.merger.mlp.0"));
@@ -215,12 +256,18 @@ mod tests {
         assert_eq!(hits, chosen, "regex {re}");
         // Layer index 1 must not match 11 etc.: the alternation is anchored by `\.`.
         assert!(!m.matches("model.visual.blocks.11.attn.proj"));
-        assert!(m.matches("visual.merger.mlp.0"), "legacy spelling of the merger");
+        assert!(
+            m.matches("visual.merger.mlp.0"),
+            "legacy spelling of the merger"
+        );
     }
 
     #[test]
     fn json_forms() {
-        assert_eq!(TargetModules::from_json(&serde_json::json!("all-linear")).unwrap(), TargetModules::AllLinear);
+        assert_eq!(
+            TargetModules::from_json(&serde_json::json!("all-linear")).unwrap(),
+            TargetModules::AllLinear
+        );
         assert_eq!(
             TargetModules::from_json(&serde_json::json!(["q_proj"])).unwrap(),
             TargetModules::List(vec!["q_proj".into()])

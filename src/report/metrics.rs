@@ -23,7 +23,13 @@ pub struct ClassStats {
 impl ClassStats {
     /// From true positives, false positives and false negatives; 0 where undefined.
     fn from_counts(tp: u64, fp: u64, fn_: u64) -> Self {
-        let ratio = |num: u64, den: u64| if den == 0 { 0.0 } else { num as f64 / den as f64 };
+        let ratio = |num: u64, den: u64| {
+            if den == 0 {
+                0.0
+            } else {
+                num as f64 / den as f64
+            }
+        };
         let precision = ratio(tp, tp + fp);
         let recall = ratio(tp, tp + fn_);
         let f1 = if precision + recall == 0.0 {
@@ -31,7 +37,12 @@ impl ClassStats {
         } else {
             2.0 * precision * recall / (precision + recall)
         };
-        Self { precision, recall, f1, support: tp + fn_ }
+        Self {
+            precision,
+            recall,
+            f1,
+            support: tp + fn_,
+        }
     }
 }
 
@@ -96,8 +107,16 @@ pub enum Metrics {
 
 /// Single-label metrics from per-sample class log-probabilities (log_softmax rows) and
 /// gold classes. Predictions are the argmax (first maximum on ties, like torch).
-pub fn single_label(logprobs: &[Vec<f32>], gold: &[usize], num_labels: usize) -> SingleLabelMetrics {
-    assert_eq!(logprobs.len(), gold.len(), "one gold label per scored sample");
+pub fn single_label(
+    logprobs: &[Vec<f32>],
+    gold: &[usize],
+    num_labels: usize,
+) -> SingleLabelMetrics {
+    assert_eq!(
+        logprobs.len(),
+        gold.len(),
+        "one gold label per scored sample"
+    );
     let mut confusion = vec![vec![0u64; num_labels]; num_labels];
     let mut nll = 0.0;
     let mut correct = 0usize;
@@ -119,7 +138,9 @@ pub fn single_label(logprobs: &[Vec<f32>], gold: &[usize], num_labels: usize) ->
         .collect();
     // sklearn averages over the labels that occur in y_true ∪ y_pred.
     let present: Vec<usize> = (0..num_labels)
-        .filter(|&c| confusion[c].iter().sum::<u64>() > 0 || (0..num_labels).any(|g| confusion[g][c] > 0))
+        .filter(|&c| {
+            confusion[c].iter().sum::<u64>() > 0 || (0..num_labels).any(|g| confusion[g][c] > 0)
+        })
         .collect();
     let n = gold.len();
     SingleLabelMetrics {
@@ -134,8 +155,16 @@ pub fn single_label(logprobs: &[Vec<f32>], gold: &[usize], num_labels: usize) ->
 }
 
 /// Multi-label metrics from per-sample logits and gold positive-class sets.
-pub fn multi_label(logits: &[Vec<f32>], gold: &[Vec<usize>], num_labels: usize) -> MultiLabelMetrics {
-    assert_eq!(logits.len(), gold.len(), "one gold label set per scored sample");
+pub fn multi_label(
+    logits: &[Vec<f32>],
+    gold: &[Vec<usize>],
+    num_labels: usize,
+) -> MultiLabelMetrics {
+    assert_eq!(
+        logits.len(),
+        gold.len(),
+        "one gold label set per scored sample"
+    );
     let mut confusion = vec![[[0u64; 2]; 2]; num_labels];
     let mut exact = 0usize;
     let mut bce = 0.0;
@@ -149,7 +178,11 @@ pub fn multi_label(logits: &[Vec<f32>], gold: &[Vec<usize>], num_labels: usize) 
             confusion[c][usize::from(truth)][usize::from(pred)] += 1;
             all_right &= pred == truth;
             // −log σ(z) = softplus(−z), −log(1−σ(z)) = softplus(z): stable for large |z|.
-            bce += if truth { softplus(-f64::from(z)) } else { softplus(f64::from(z)) };
+            bce += if truth {
+                softplus(-f64::from(z))
+            } else {
+                softplus(f64::from(z))
+            };
             calib.add(if pred { p } else { 1.0 - p }, pred == truth);
         }
         exact += usize::from(all_right);
@@ -158,7 +191,10 @@ pub fn multi_label(logits: &[Vec<f32>], gold: &[Vec<usize>], num_labels: usize) 
         .iter()
         .map(|m| ClassStats::from_counts(m[1][1], m[0][1], m[1][0]))
         .collect();
-    let present = confusion.iter().enumerate().filter(|(_, m)| m[1][1] + m[1][0] + m[0][1] > 0);
+    let present = confusion
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m[1][1] + m[1][0] + m[0][1] > 0);
     let n = gold.len();
     let decisions = n * num_labels;
     let right: u64 = confusion.iter().map(|m| m[0][0] + m[1][1]).sum();
@@ -167,7 +203,11 @@ pub fn multi_label(logits: &[Vec<f32>], gold: &[Vec<usize>], num_labels: usize) 
         acc: ratio(exact, n),
         label_acc: ratio(right as usize, decisions),
         macro_f1: mean(present.map(|(c, _)| per_class[c].f1)),
-        nll: if decisions == 0 { 0.0 } else { bce / decisions as f64 },
+        nll: if decisions == 0 {
+            0.0
+        } else {
+            bce / decisions as f64
+        },
         ece: calib.ece(),
         per_class,
         confusion,
@@ -190,17 +230,30 @@ pub fn regression(preds: &[Vec<f32>], gold: &[Vec<f32>]) -> RegressionMetrics {
     let r2 = (0..targets)
         .map(|t| {
             let mean_g = mean(gold.iter().map(|g| f64::from(g[t])));
-            let ss_tot: f64 = gold.iter().map(|g| (f64::from(g[t]) - mean_g).powi(2)).sum();
+            let ss_tot: f64 = gold
+                .iter()
+                .map(|g| (f64::from(g[t]) - mean_g).powi(2))
+                .sum();
             let ss_res: f64 = preds
                 .iter()
                 .zip(gold)
                 .map(|(p, g)| (f64::from(p[t]) - f64::from(g[t])).powi(2))
                 .sum();
-            if ss_tot == 0.0 { 0.0 } else { 1.0 - ss_res / ss_tot }
+            if ss_tot == 0.0 {
+                0.0
+            } else {
+                1.0 - ss_res / ss_tot
+            }
         })
         .collect();
     let count = (n * targets).max(1) as f64;
-    RegressionMetrics { num_samples: n, mse: se / count, mae: ae / count, rmse: (se / count).sqrt(), r2 }
+    RegressionMetrics {
+        num_samples: n,
+        mse: se / count,
+        mae: ae / count,
+        rmse: (se / count).sqrt(),
+        r2,
+    }
 }
 
 /// Index of the first maximum (torch.argmax's tie rule); NaN never wins.
@@ -248,7 +301,11 @@ impl Calibration {
 }
 
 fn ratio(num: usize, den: usize) -> f64 {
-    if den == 0 { 0.0 } else { num as f64 / den as f64 }
+    if den == 0 {
+        0.0
+    } else {
+        num as f64 / den as f64
+    }
 }
 
 fn mean(values: impl Iterator<Item = f64>) -> f64 {
@@ -292,28 +349,51 @@ mod tests {
             })
             .collect();
         let m = single_label(&rows, &gold, 3);
-        assert_eq!(m.confusion, vec![vec![1, 1, 0], vec![0, 1, 0], vec![1, 0, 2]]);
+        assert_eq!(
+            m.confusion,
+            vec![vec![1, 1, 0], vec![0, 1, 0], vec![1, 0, 2]]
+        );
         assert!(close(m.acc, 4.0 / 6.0));
         // class 0: tp1 fp1 fn1 → p=r=f1=.5 ; class 1: tp1 fp1 fn0 → p=.5 r=1 f1=2/3 ;
         // class 2: tp2 fp0 fn1 → p=1 r=2/3 f1=.8
         assert!(close(m.per_class[0].f1, 0.5));
         assert!(close(m.per_class[1].precision, 0.5) && close(m.per_class[1].recall, 1.0));
         assert!(close(m.per_class[2].f1, 0.8));
-        assert_eq!(m.per_class.iter().map(|c| c.support).collect::<Vec<_>>(), vec![2, 1, 3]);
+        assert_eq!(
+            m.per_class.iter().map(|c| c.support).collect::<Vec<_>>(),
+            vec![2, 1, 3]
+        );
         assert!(close(m.macro_f1, (0.5 + 2.0 / 3.0 + 0.8) / 3.0));
         // Every row has the same confidence p = e²/(e²+2): ECE = |acc − p|.
         let p = (2.0f64.exp()) / (2.0f64.exp() + 2.0);
         assert!((m.ece - (4.0 / 6.0 - p).abs()).abs() < 1e-6);
-        let expect_nll = -(rows[0][0] + rows[1][0] + rows[2][1] + rows[3][2] + rows[4][2] + rows[5][2]) as f64 / 6.0;
+        let expect_nll =
+            -(rows[0][0] + rows[1][0] + rows[2][1] + rows[3][2] + rows[4][2] + rows[5][2]) as f64
+                / 6.0;
         assert!((m.nll - expect_nll).abs() < 1e-6);
     }
 
     #[test]
     fn macro_f1_skips_classes_absent_from_gold_and_predictions() {
-        let rows = vec![log_softmax(&[3.0, 0.0, 0.0, 0.0]), log_softmax(&[0.0, 3.0, 0.0, 0.0])];
+        let rows = vec![
+            log_softmax(&[3.0, 0.0, 0.0, 0.0]),
+            log_softmax(&[0.0, 3.0, 0.0, 0.0]),
+        ];
         let m = single_label(&rows, &[0, 1], 4);
-        assert!(close(m.macro_f1, 1.0), "classes 2 and 3 never occur: {}", m.macro_f1);
-        assert_eq!(m.per_class[3], ClassStats { precision: 0.0, recall: 0.0, f1: 0.0, support: 0 });
+        assert!(
+            close(m.macro_f1, 1.0),
+            "classes 2 and 3 never occur: {}",
+            m.macro_f1
+        );
+        assert_eq!(
+            m.per_class[3],
+            ClassStats {
+                precision: 0.0,
+                recall: 0.0,
+                f1: 0.0,
+                support: 0
+            }
+        );
     }
 
     #[test]

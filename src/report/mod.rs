@@ -1,3 +1,5 @@
-//! Reports of scored splits: metrics, tables, plots.
+//! Reports of scored splits: metrics, scores.jsonl lines, tables, plots.
 
 pub mod metrics;
+pub mod scores;
+pub mod table;
