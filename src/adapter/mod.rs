@@ -6,6 +6,7 @@
 //! (`model.language_model.layers.3.self_attn.q_proj`, `model.visual.blocks.0.attn.qkv`,
 //! `model.visual.merger.mlp.0`), as `model::SeqClassifier::lora_weights` reports them.
 
+pub mod apply;
 pub mod check;
 pub mod keys;
 pub mod peft;

@@ -14,7 +14,10 @@ pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Pixel rows `[t·h·w, C·T·p·p]` (row-major) and the grid `[1, h, w]` in patches.
-pub fn pixel_rows(img: &RgbImage, vision: &VisionConfig) -> Result<(Vec<f32>, [usize; 3]), ModelError> {
+pub fn pixel_rows(
+    img: &RgbImage,
+    vision: &VisionConfig,
+) -> Result<(Vec<f32>, [usize; 3]), ModelError> {
     let p = vision.patch_size;
     let m = vision.spatial_merge_size;
     let tp = vision.temporal_patch_size;
@@ -26,7 +29,10 @@ pub fn pixel_rows(img: &RgbImage, vision: &VisionConfig) -> Result<(Vec<f32>, [u
         )));
     }
     if vision.in_channels != 3 {
-        return Err(ModelError::Inputs(format!("in_channels {} is not 3 (RGB)", vision.in_channels)));
+        return Err(ModelError::Inputs(format!(
+            "in_channels {} is not 3 (RGB)",
+            vision.in_channels
+        )));
     }
     // Normalised planes [3][h][w].
     let scale = 1.0f64 / 255.0;

@@ -1,0 +1,108 @@
+//! Helpers shared by the `score_*` and `export_*` integration tests: the interop fixtures
+//! (`tests/fixtures/interop/`, from `tools/fixtures/gen_interop.py`) and logit checks.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use burn::tensor::{DType, backend::Backend};
+use pipeline::model::inputs::{PaddingSide, SampleInputs, collate};
+use pipeline::model::processor::pixel_rows;
+use pipeline::model::{SeqClassifier, WeightsSource, load_classifier_from};
+use serde_json::Value;
+
+pub type B = burn::backend::Flex;
+
+/// Tolerance on f32 class logits against PyTorch (different summation orders).
+pub const LOGIT_TOL: f64 = 1e-4;
+
+pub fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/interop")
+}
+
+pub fn read_json(path: &std::path::Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `reference.json` rows.
+pub fn reference_rows() -> Vec<Value> {
+    read_json(&interop_dir().join("reference.json"))["rows"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+pub fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// The fixture model (`model/`) in f32 on the CPU.
+pub fn fixture_model() -> SeqClassifier<B> {
+    let dir = interop_dir().join("model");
+    load_classifier_from::<B>(
+        WeightsSource::Dir(&dir),
+        3,
+        DType::F32,
+        0,
+        &Default::default(),
+    )
+    .expect("fixture model loads")
+}
+
+/// Model inputs of reference row `i`: its token ids and the pixel rows of the images that
+/// qwen-vl-utils resized (`data/resized/<i>_<k>.png`).
+pub fn reference_sample(model: &SeqClassifier<B>, row: &Value) -> SampleInputs {
+    let i = row["index"].as_u64().unwrap();
+    let input_ids = row["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let mut sample = SampleInputs {
+        input_ids,
+        ..Default::default()
+    };
+    for k in 0..row["grid_thw"].as_array().unwrap().len() {
+        let path = interop_dir().join(format!("data/resized/{i}_{k}.png"));
+        let img = image::open(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .to_rgb8();
+        let (rows, grid) = pixel_rows(&img, &model.config().vision).expect("pixel rows");
+        sample.pixel_rows.extend(rows);
+        sample.grids.push(grid);
+    }
+    sample
+}
+
+/// Logits of `samples` in one left-padded batch, as f64 rows.
+pub fn batch_logits<Bk: Backend>(
+    model: &SeqClassifier<Bk>,
+    samples: &[SampleInputs],
+    device: &Bk::Device,
+) -> Vec<Vec<f64>> {
+    let refs: Vec<&SampleInputs> = samples.iter().collect();
+    let inputs = collate::<Bk>(&refs, 256, PaddingSide::Left, device);
+    let logits = model.forward(&inputs).expect("forward");
+    let [b, n] = logits.dims();
+    let v: Vec<f32> = logits.into_data().convert::<f32>().into_vec().unwrap();
+    (0..b)
+        .map(|r| v[r * n..(r + 1) * n].iter().map(|&x| x as f64).collect())
+        .collect()
+}
+
+/// Largest |a − b| over all entries.
+pub fn max_abs_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    assert_eq!(a.len(), b.len(), "row counts differ");
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            assert_eq!(x.len(), y.len(), "class counts differ");
+            x.iter().zip(y).map(|(p, q)| (p - q).abs())
+        })
+        .fold(0.0, f64::max)
+}
