@@ -2,8 +2,10 @@
 //! tokenizer/preprocessor files, and safe publication to a user `output_dir`.
 
 pub mod hf_config;
+pub mod merged;
 pub mod output_dir;
 pub mod shards;
+pub mod source;
 
 use std::path::PathBuf;
 
