@@ -45,7 +45,9 @@ pub fn load_classifier_from<B: Backend>(
     device: &B::Device,
 ) -> Result<SeqClassifier<B>, ModelError> {
     if !matches!(dtype, DType::F32 | DType::BF16) {
-        return Err(ModelError::Config(format!("dtype {dtype:?} is not supported (valid: float32, bfloat16)")));
+        return Err(ModelError::Config(format!(
+            "dtype {dtype:?} is not supported (valid: float32, bfloat16)"
+        )));
     }
     if num_labels == 0 {
         return Err(ModelError::Config("num_labels must be at least 1".into()));
@@ -53,39 +55,74 @@ pub fn load_classifier_from<B: Backend>(
     match source {
         WeightsSource::Preset(name) => {
             let cfg = preset_config(name)?;
-            let mut src = RandomSource::<B> { seed, std: 0.02, dtype, device: device.clone() };
+            let mut src = RandomSource::<B> {
+                seed,
+                std: 0.02,
+                dtype,
+                device: device.clone(),
+            };
             let visual = VisionModel::load(&mut src, &cfg.vision)?;
             let language_model = TextModel::load(&mut src, &cfg.text)?;
             let score = random_score(&cfg, num_labels, seed, device);
-            Ok(SeqClassifier { visual, language_model, score, config: cfg })
+            Ok(SeqClassifier {
+                visual,
+                language_model,
+                score,
+                config: cfg,
+            })
         }
         WeightsSource::Dir(dir) => {
             let path = dir.join("config.json");
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| ModelError::Io { path: path.display().to_string(), source: e })?;
-            let json: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| ModelError::Config(format!("{}: invalid JSON: {e}", path.display())))?;
+            let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Io {
+                path: path.display().to_string(),
+                source: e,
+            })?;
+            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                ModelError::Config(format!("{}: invalid JSON: {e}", path.display()))
+            })?;
             let cfg = ModelConfig::from_hf_json(&json)
                 .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
             let mut src = CheckpointSource::<B>::open(dir, dtype, device)?;
             let visual = VisionModel::load(&mut src, &cfg.vision)?;
             let language_model = TextModel::load(&mut src, &cfg.text)?;
             let score = if src.contains("score.weight") {
-                let data = src.data("score.weight", &[num_labels, cfg.text.hidden_size], DType::F32)?;
+                let data = src.data(
+                    "score.weight",
+                    &[num_labels, cfg.text.hidden_size],
+                    DType::F32,
+                )?;
                 LoraLinear::from_tensors(Tensor::from_data(data, (device, DType::F32)), None)
             } else {
                 random_score(&cfg, num_labels, seed, device)
             };
             src.finish()?;
-            Ok(SeqClassifier { visual, language_model, score, config: cfg })
+            Ok(SeqClassifier {
+                visual,
+                language_model,
+                score,
+                config: cfg,
+            })
         }
     }
 }
 
-fn random_score<B: Backend>(cfg: &ModelConfig, num_labels: usize, seed: u64, device: &B::Device) -> LoraLinear<B> {
+fn random_score<B: Backend>(
+    cfg: &ModelConfig,
+    num_labels: usize,
+    seed: u64,
+    device: &B::Device,
+) -> LoraLinear<B> {
     let h = cfg.text.hidden_size;
-    let w = seeded_normal(seed, "score.weight", num_labels * h, cfg.text.initializer_range);
-    LoraLinear::from_tensors(Tensor::from_data(TensorData::new(w, [num_labels, h]), (device, DType::F32)), None)
+    let w = seeded_normal(
+        seed,
+        "score.weight",
+        num_labels * h,
+        cfg.text.initializer_range,
+    );
+    LoraLinear::from_tensors(
+        Tensor::from_data(TensorData::new(w, [num_labels, h]), (device, DType::F32)),
+        None,
+    )
 }
 
 /// Host copies of the batch's ids and mask.
@@ -98,9 +135,24 @@ struct HostBatch {
 
 fn host_batch<B: Backend>(inputs: &ModelInputs<B>) -> HostBatch {
     let [batch, seq] = inputs.input_ids.dims();
-    let ids = inputs.input_ids.to_data().convert::<i64>().into_vec::<i64>().unwrap_or_default();
-    let mask = inputs.attention_mask.to_data().convert::<i64>().into_vec::<i64>().unwrap_or_default();
-    HostBatch { batch, seq, ids, mask }
+    let ids = inputs
+        .input_ids
+        .to_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .unwrap_or_default();
+    let mask = inputs
+        .attention_mask
+        .to_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .unwrap_or_default();
+    HostBatch {
+        batch,
+        seq,
+        ids,
+        mask,
+    }
 }
 
 impl<B: Backend> SeqClassifier<B> {
@@ -113,11 +165,17 @@ impl<B: Backend> SeqClassifier<B> {
     }
 
     /// Decoder output before the final norm, `[batch, seq, hidden]`.
-    fn backbone(&self, inputs: &ModelInputs<B>, host: &HostBatch) -> Result<Tensor<B, 3>, ModelError> {
+    fn backbone(
+        &self,
+        inputs: &ModelInputs<B>,
+        host: &HostBatch,
+    ) -> Result<Tensor<B, 3>, ModelError> {
         let cfg = &self.config;
         let (b, s) = (host.batch, host.seq);
         if host.ids.len() != b * s || host.mask.len() != b * s {
-            return Err(ModelError::Inputs("input_ids and attention_mask must have the same shape".into()));
+            return Err(ModelError::Inputs(
+                "input_ids and attention_mask must have the same shape".into(),
+            ));
         }
         let device = inputs.input_ids.device();
         let mut x = self.language_model.embed(inputs.input_ids.clone());
@@ -162,7 +220,8 @@ impl<B: Backend> SeqClassifier<B> {
         let hd = cfg.text.head_dim();
         let (cos, sin) = mrope_cos_sin(&pos, b, s, hd, cfg.text.rope_theta, cfg.text.mrope_section);
         let table = |v: Vec<f32>| {
-            Tensor::<B, 4>::from_data(TensorData::new(v, [b, 1, s, hd]), (&device, DType::F32)).cast(self.dtype())
+            Tensor::<B, 4>::from_data(TensorData::new(v, [b, 1, s, hd]), (&device, DType::F32))
+                .cast(self.dtype())
         };
         let (cos, sin) = (table(cos), table(sin));
         let heads = cfg.text.num_attention_heads;
@@ -186,7 +245,14 @@ impl<B: Backend> SeqClassifier<B> {
     /// 3D M-RoPE position ids `[3, batch, seq]` (as `get_rope_index`).
     pub fn position_ids(&self, inputs: &ModelInputs<B>) -> Result<Vec<i64>, ModelError> {
         let host = host_batch(inputs);
-        rope_index(&self.config, &host.ids, &host.mask, host.batch, host.seq, &inputs.image_grid_thw)
+        rope_index(
+            &self.config,
+            &host.ids,
+            &host.mask,
+            host.batch,
+            host.seq,
+            &inputs.image_grid_thw,
+        )
     }
 
     /// Class logits `[batch, num_labels]` in f32, from the hidden state of the last token whose
@@ -197,9 +263,12 @@ impl<B: Backend> SeqClassifier<B> {
         let (b, s) = (host.batch, host.seq);
         let mut last = Vec::with_capacity(b);
         for r in 0..b {
-            let pos = (0..s).rev().find(|&p| host.mask[r * s + p] == 1).ok_or_else(|| {
-                ModelError::Inputs(format!("sample {r} of the batch has no attended token"))
-            })?;
+            let pos = (0..s)
+                .rev()
+                .find(|&p| host.mask[r * s + p] == 1)
+                .ok_or_else(|| {
+                    ModelError::Inputs(format!("sample {r} of the batch has no attended token"))
+                })?;
             last.push((r * s + pos) as i64);
         }
         let hidden = self.config.text.hidden_size;
@@ -240,8 +309,10 @@ impl<B: Backend> SeqClassifier<B> {
     /// HF (≥ 4.52) module names of every linear layer that can carry an adapter.
     pub fn linear_names(&self) -> Vec<String> {
         let mut names = Vec::new();
-        self.visual.visit_linears(&mut |n, _| names.push(n.to_string()));
-        self.language_model.visit_linears(&mut |n, _| names.push(n.to_string()));
+        self.visual
+            .visit_linears(&mut |n, _| names.push(n.to_string()));
+        self.language_model
+            .visit_linears(&mut |n, _| names.push(n.to_string()));
         names
     }
 
@@ -268,12 +339,19 @@ impl<B: Backend> SeqClassifier<B> {
             return Err(ModelError::Lora("lora_rank must be at least 1".into()));
         }
         if !(0.0..1.0).contains(&spec.dropout) {
-            return Err(ModelError::Lora(format!("lora_dropout {} must be in [0, 1)", spec.dropout)));
+            return Err(ModelError::Lora(format!(
+                "lora_dropout {} must be in [0, 1)",
+                spec.dropout
+            )));
         }
         let targets = select_targets(&self.linear_names(), &spec.targets)?;
         let m = self.freeze_base();
         m.map_linears(&mut |name, lin| {
-            Ok(if targets.iter().any(|t| t == name) { lin.with_new_adapter(spec, seed, name) } else { lin })
+            Ok(if targets.iter().any(|t| t == name) {
+                lin.with_new_adapter(spec, seed, name)
+            } else {
+                lin
+            })
         })
     }
 
@@ -314,13 +392,18 @@ impl<B: Backend> SeqClassifier<B> {
         if let Some(w) = score {
             let want = m.score.weight.dims();
             if w.dims() != want {
-                return Err(ModelError::Lora(format!("score weight has shape {:?}, expected {want:?}", w.dims())));
+                return Err(ModelError::Lora(format!(
+                    "score weight has shape {:?}, expected {want:?}",
+                    w.dims()
+                )));
             }
             m.score.weight = Param::initialized(ParamId::new(), w.cast(DType::F32).require_grad());
         }
         let mut adapters = adapters;
         m.map_linears(&mut |name, lin| {
-            let Some(i) = adapters.iter().position(|(n, _, _)| n == name) else { return Ok(lin) };
+            let Some(i) = adapters.iter().position(|(n, _, _)| n == name) else {
+                return Ok(lin);
+            };
             let (_, a, b) = adapters.swap_remove(i);
             let (d_in, d_out) = (lin.in_features(), lin.out_features());
             let r = a.dims()[0];
@@ -373,21 +456,39 @@ impl<B: Backend> SeqClassifier<B> {
         self.visual.visit_linears(&mut lin);
         self.language_model.visit_linears(&mut lin);
         for (i, b) in self.visual.blocks.iter().enumerate() {
-            out.push((format!("visual.blocks.{i}.norm1.weight"), b.norm1.weight.val().into_data()));
-            out.push((format!("visual.blocks.{i}.norm2.weight"), b.norm2.weight.val().into_data()));
+            out.push((
+                format!("visual.blocks.{i}.norm1.weight"),
+                b.norm1.weight.val().into_data(),
+            ));
+            out.push((
+                format!("visual.blocks.{i}.norm2.weight"),
+                b.norm2.weight.val().into_data(),
+            ));
         }
-        out.push(("visual.merger.ln_q.weight".into(), self.visual.merger.ln_q.weight.val().into_data()));
+        out.push((
+            "visual.merger.ln_q.weight".into(),
+            self.visual.merger.ln_q.weight.val().into_data(),
+        ));
         let lm = &self.language_model;
-        out.push(("model.embed_tokens.weight".into(), lm.embed_tokens.val().into_data()));
+        out.push((
+            "model.embed_tokens.weight".into(),
+            lm.embed_tokens.val().into_data(),
+        ));
         for (i, l) in lm.layers.iter().enumerate() {
-            out.push((format!("model.layers.{i}.input_layernorm.weight"), l.input_layernorm.weight.val().into_data()));
+            out.push((
+                format!("model.layers.{i}.input_layernorm.weight"),
+                l.input_layernorm.weight.val().into_data(),
+            ));
             out.push((
                 format!("model.layers.{i}.post_attention_layernorm.weight"),
                 l.post_attention_layernorm.weight.val().into_data(),
             ));
         }
         out.push(("model.norm.weight".into(), lm.norm.weight.val().into_data()));
-        out.push(("score.weight".into(), self.score.weight.val().cast(dtype).into_data()));
+        out.push((
+            "score.weight".into(),
+            self.score.weight.val().cast(dtype).into_data(),
+        ));
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }

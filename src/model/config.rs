@@ -127,7 +127,10 @@ impl<'a> Obj<'a> {
     fn usize(&self, key: &str, default: usize) -> Result<usize, ModelError> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| self.bad(key, v, "an unsigned integer")),
+            Some(v) => v
+                .as_u64()
+                .map(|x| x as usize)
+                .ok_or_else(|| self.bad(key, v, "an unsigned integer")),
         }
     }
     fn f64(&self, key: &str, default: f64) -> Result<f64, ModelError> {
@@ -139,7 +142,10 @@ impl<'a> Obj<'a> {
     fn bool(&self, key: &str) -> Result<Option<bool>, ModelError> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| self.bad(key, v, "a boolean")),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.bad(key, v, "a boolean")),
         }
     }
     fn str(&self, key: &str, default: &'a str) -> Result<&'a str, ModelError> {
@@ -149,10 +155,18 @@ impl<'a> Obj<'a> {
         }
     }
     fn usize_list(&self, key: &str) -> Result<Option<Vec<usize>>, ModelError> {
-        let Some(v) = self.get(key) else { return Ok(None) };
-        let arr = v.as_array().ok_or_else(|| self.bad(key, v, "a list of integers"))?;
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let arr = v
+            .as_array()
+            .ok_or_else(|| self.bad(key, v, "a list of integers"))?;
         arr.iter()
-            .map(|x| x.as_u64().map(|u| u as usize).ok_or_else(|| self.bad(key, v, "a list of integers")))
+            .map(|x| {
+                x.as_u64()
+                    .map(|u| u as usize)
+                    .ok_or_else(|| self.bad(key, v, "a list of integers"))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
     }
@@ -167,7 +181,10 @@ impl ModelConfig {
         let root = json
             .as_object()
             .ok_or_else(|| ModelError::Config("config.json must be a JSON object".into()))?;
-        let top = Obj { map: root, prefix: "" };
+        let top = Obj {
+            map: root,
+            prefix: "",
+        };
         let model_type = top.str("model_type", "")?;
         if model_type != "qwen2_5_vl" {
             return Err(ModelError::Config(format!(
@@ -177,22 +194,28 @@ impl ModelConfig {
         // Nested `text_config` (4.52+) or flat text keys at the top level (hub files).
         let text_obj = match root.get("text_config").filter(|v| !v.is_null()) {
             Some(v) => Obj {
-                map: v
-                    .as_object()
-                    .ok_or_else(|| ModelError::Config("text_config must be a JSON object".into()))?,
+                map: v.as_object().ok_or_else(|| {
+                    ModelError::Config("text_config must be a JSON object".into())
+                })?,
                 prefix: "text_config.",
             },
-            None => Obj { map: root, prefix: "" },
+            None => Obj {
+                map: root,
+                prefix: "",
+            },
         };
         let empty = Map::new();
         let vision_obj = match root.get("vision_config").filter(|v| !v.is_null()) {
             Some(v) => Obj {
-                map: v
-                    .as_object()
-                    .ok_or_else(|| ModelError::Config("vision_config must be a JSON object".into()))?,
+                map: v.as_object().ok_or_else(|| {
+                    ModelError::Config("vision_config must be a JSON object".into())
+                })?,
                 prefix: "vision_config.",
             },
-            None => Obj { map: &empty, prefix: "vision_config." },
+            None => Obj {
+                map: &empty,
+                prefix: "vision_config.",
+            },
         };
         let text = parse_text(&text_obj, &top)?;
         let vision = parse_vision(&vision_obj)?;
@@ -202,7 +225,11 @@ impl ModelConfig {
             vision_start_token_id: top.usize("vision_start_token_id", 151652)? as u32,
             vision_end_token_id: top.usize("vision_end_token_id", 151653)? as u32,
         };
-        let cfg = ModelConfig { text, vision, tokens };
+        let cfg = ModelConfig {
+            text,
+            vision,
+            tokens,
+        };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -212,13 +239,15 @@ impl ModelConfig {
         let t = &self.text;
         let v = &self.vision;
         let err = |m: String| Err(ModelError::Config(m));
-        if t.num_attention_heads == 0 || t.hidden_size % t.num_attention_heads != 0 {
+        if t.num_attention_heads == 0 || !t.hidden_size.is_multiple_of(t.num_attention_heads) {
             return err(format!(
                 "hidden_size {} must be divisible by num_attention_heads {}",
                 t.hidden_size, t.num_attention_heads
             ));
         }
-        if t.num_key_value_heads == 0 || t.num_attention_heads % t.num_key_value_heads != 0 {
+        if t.num_key_value_heads == 0
+            || !t.num_attention_heads.is_multiple_of(t.num_key_value_heads)
+        {
             return err(format!(
                 "num_attention_heads {} must be a multiple of num_key_value_heads {}",
                 t.num_attention_heads, t.num_key_value_heads
@@ -231,7 +260,10 @@ impl ModelConfig {
                 t.head_dim() / 2
             ));
         }
-        if v.num_heads == 0 || v.hidden_size % v.num_heads != 0 || v.head_dim() % 4 != 0 {
+        if v.num_heads == 0
+            || !v.hidden_size.is_multiple_of(v.num_heads)
+            || !v.head_dim().is_multiple_of(4)
+        {
             return err(format!(
                 "vision hidden_size {} / num_heads {} must give a head_dim divisible by 4",
                 v.hidden_size, v.num_heads
@@ -244,14 +276,21 @@ impl ModelConfig {
             ));
         }
         let unit = v.spatial_merge_size * v.patch_size;
-        if v.spatial_merge_size == 0 || unit == 0 || v.window_size % unit != 0 || v.window_size == 0 {
+        if v.spatial_merge_size == 0
+            || unit == 0
+            || !v.window_size.is_multiple_of(unit)
+            || v.window_size == 0
+        {
             return err(format!(
                 "vision window_size {} must be a positive multiple of patch_size·spatial_merge_size = {unit}",
                 v.window_size
             ));
         }
         if let Some(&i) = v.fullatt_block_indexes.iter().find(|&&i| i >= v.depth) {
-            return err(format!("vision fullatt_block_indexes contains {i} ≥ depth {}", v.depth));
+            return err(format!(
+                "vision fullatt_block_indexes contains {i} ≥ depth {}",
+                v.depth
+            ));
         }
         Ok(())
     }
@@ -313,9 +352,9 @@ fn parse_rope(o: &Obj) -> Result<(f64, [usize; 3]), ModelError> {
     let p = Obj { map, prefix: "" };
     let kind = match p.get("rope_type").or_else(|| p.get("type")) {
         None => "default",
-        Some(v) => v
-            .as_str()
-            .ok_or_else(|| ModelError::Config(format!("{field}.rope_type = {v} must be a string")))?,
+        Some(v) => v.as_str().ok_or_else(|| {
+            ModelError::Config(format!("{field}.rope_type = {v} must be a string"))
+        })?,
     };
     if kind != "default" && kind != "mrope" {
         return Err(ModelError::Config(format!(
@@ -328,10 +367,14 @@ fn parse_rope(o: &Obj) -> Result<(f64, [usize; 3]), ModelError> {
         )));
     }
     let section = p.usize_list("mrope_section")?.ok_or_else(|| {
-        ModelError::Config(format!("{field}.mrope_section is missing (e.g. [16, 24, 24])"))
+        ModelError::Config(format!(
+            "{field}.mrope_section is missing (e.g. [16, 24, 24])"
+        ))
     })?;
     let section: [usize; 3] = section.as_slice().try_into().map_err(|_| {
-        ModelError::Config(format!("{field}.mrope_section = {section:?} must have 3 entries"))
+        ModelError::Config(format!(
+            "{field}.mrope_section = {section:?} must have 3 entries"
+        ))
     })?;
     let theta = match p.get("rope_theta") {
         Some(_) => p.f64("rope_theta", 1e6)?,
@@ -358,7 +401,9 @@ fn parse_vision(o: &Obj) -> Result<VisionConfig, ModelError> {
         temporal_patch_size: o.usize("temporal_patch_size", 2)?,
         window_size: o.usize("window_size", 112)?,
         out_hidden_size: o.usize("out_hidden_size", 3584)?,
-        fullatt_block_indexes: o.usize_list("fullatt_block_indexes")?.unwrap_or_else(|| vec![7, 15, 23, 31]),
+        fullatt_block_indexes: o
+            .usize_list("fullatt_block_indexes")?
+            .unwrap_or_else(|| vec![7, 15, 23, 31]),
         hidden_act: Activation::parse(o.str("hidden_act", "silu")?, &o.field("hidden_act"))?,
         tokens_per_second: o.f64("tokens_per_second", 4.0)?,
         initializer_range: o.f64("initializer_range", 0.02)?,
@@ -433,7 +478,10 @@ mod tests {
         let mut bad = hub_7b();
         bad["rope_scaling"] = json!({"type": "yarn", "mrope_section": [16, 24, 24]});
         let e = ModelConfig::from_hf_json(&bad).unwrap_err().to_string();
-        assert!(e.contains("rope_scaling.rope_type") && e.contains("yarn"), "{e}");
+        assert!(
+            e.contains("rope_scaling.rope_type") && e.contains("yarn"),
+            "{e}"
+        );
         let mut bad = hub_7b();
         bad["hidden_size"] = json!("big");
         let e = ModelConfig::from_hf_json(&bad).unwrap_err().to_string();

@@ -54,18 +54,19 @@ pub fn collate<B: Backend>(
             mask[b * seq + start + k] = 1;
         }
     }
-    let grids: Vec<[usize; 3]> = samples.iter().flat_map(|s| s.grids.iter().copied()).collect();
+    let grids: Vec<[usize; 3]> = samples
+        .iter()
+        .flat_map(|s| s.grids.iter().copied())
+        .collect();
     let rows: usize = grids.iter().map(|g| g[0] * g[1] * g[2]).sum();
-    let pixel_values = if rows == 0 {
-        None
-    } else {
-        let mut px = Vec::with_capacity(samples.iter().map(|s| s.pixel_rows.len()).sum());
+    let n_values: usize = samples.iter().map(|s| s.pixel_rows.len()).sum();
+    let pixel_values = n_values.checked_div(rows).map(|dim| {
+        let mut px = Vec::with_capacity(n_values);
         for s in samples {
             px.extend_from_slice(&s.pixel_rows);
         }
-        let dim = px.len() / rows;
-        Some(Tensor::from_data(TensorData::new(px, [rows, dim]), (device, DType::F32)))
-    };
+        Tensor::from_data(TensorData::new(px, [rows, dim]), (device, DType::F32))
+    });
     ModelInputs {
         input_ids: Tensor::from_data(TensorData::new(ids, [batch, seq]), device),
         attention_mask: Tensor::from_data(TensorData::new(mask, [batch, seq]), device),
@@ -81,13 +82,24 @@ mod tests {
 
     #[test]
     fn left_and_right_padding() {
-        let a = SampleInputs { input_ids: vec![5, 6, 7], ..Default::default() };
-        let b = SampleInputs { input_ids: vec![8], ..Default::default() };
+        let a = SampleInputs {
+            input_ids: vec![5, 6, 7],
+            ..Default::default()
+        };
+        let b = SampleInputs {
+            input_ids: vec![8],
+            ..Default::default()
+        };
         let dev = Default::default();
         let l = collate::<B>(&[&a, &b], 0, PaddingSide::Left, &dev);
         let ids: Vec<i64> = l.input_ids.into_data().convert::<i64>().to_vec().unwrap();
         assert_eq!(ids, vec![5, 6, 7, 0, 0, 8]);
-        let m: Vec<i64> = l.attention_mask.into_data().convert::<i64>().to_vec().unwrap();
+        let m: Vec<i64> = l
+            .attention_mask
+            .into_data()
+            .convert::<i64>()
+            .to_vec()
+            .unwrap();
         assert_eq!(m, vec![1, 1, 1, 0, 0, 1]);
         let r = collate::<B>(&[&a, &b], 0, PaddingSide::Right, &dev);
         let ids: Vec<i64> = r.input_ids.into_data().convert::<i64>().to_vec().unwrap();

@@ -18,9 +18,17 @@ pub struct RmsNorm<B: Backend> {
 }
 
 impl<B: Backend> RmsNorm<B> {
-    pub fn load(src: &mut impl ParamSource<B>, key: &str, dim: usize, eps: f64) -> Result<Self, ModelError> {
+    pub fn load(
+        src: &mut impl ParamSource<B>,
+        key: &str,
+        dim: usize,
+        eps: f64,
+    ) -> Result<Self, ModelError> {
         let weight = src.tensor::<1>(&format!("{key}.weight"), [dim], Init::Ones)?;
-        Ok(Self { weight: Param::from_tensor(weight).set_require_grad(false), eps })
+        Ok(Self {
+            weight: Param::from_tensor(weight).set_require_grad(false),
+            eps,
+        })
     }
 
     /// `[..., dim]` → `[..., dim]` in the input dtype.

@@ -18,7 +18,8 @@ use super::weights::{Init, ParamSource};
 /// Callback used to walk the named linear layers of a module tree.
 pub type LinearVisit<'a, B> = dyn FnMut(&str, &LoraLinear<B>) + 'a;
 /// Callback used to rebuild the named linear layers of a module tree.
-pub type LinearMap<'a, B> = dyn FnMut(&str, LoraLinear<B>) -> Result<LoraLinear<B>, ModelError> + 'a;
+pub type LinearMap<'a, B> =
+    dyn FnMut(&str, LoraLinear<B>) -> Result<LoraLinear<B>, ModelError> + 'a;
 
 /// Linear layer with a frozen base in Hugging Face layout and an optional LoRA adapter.
 #[derive(Module, Debug)]
@@ -269,9 +270,24 @@ mod tests {
     #[test]
     fn selectors() {
         let all = |vit, aligner, llm| TargetSelector::AllLinear { vit, aligner, llm };
-        assert_eq!(select_targets(&names(), &all(false, false, true)).unwrap().len(), 3);
-        assert_eq!(select_targets(&names(), &all(true, false, true)).unwrap().len(), 5);
-        assert_eq!(select_targets(&names(), &all(true, true, true)).unwrap().len(), 7);
+        assert_eq!(
+            select_targets(&names(), &all(false, false, true))
+                .unwrap()
+                .len(),
+            3
+        );
+        assert_eq!(
+            select_targets(&names(), &all(true, false, true))
+                .unwrap()
+                .len(),
+            5
+        );
+        assert_eq!(
+            select_targets(&names(), &all(true, true, true))
+                .unwrap()
+                .len(),
+            7
+        );
         let by_name = TargetSelector::Names(vec!["q_proj".into(), "mlp.0".into()]);
         assert_eq!(select_targets(&names(), &by_name).unwrap().len(), 3);
         let re = TargetSelector::Regex(r".*layers\.\d+\.self_attn\.q_proj".into());
@@ -286,12 +302,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("\"qproj\""), "{e}");
-        assert!(e.contains("model.language_model.layers.*.self_attn.q_proj"), "{e}");
+        assert!(
+            e.contains("model.language_model.layers.*.self_attn.q_proj"),
+            "{e}"
+        );
     }
 
     #[test]
     fn scaling() {
-        let mut s = LoraSpec { r: 16, alpha: 32.0, dropout: 0.0, use_rslora: false, targets: TargetSelector::Names(vec![]) };
+        let mut s = LoraSpec {
+            r: 16,
+            alpha: 32.0,
+            dropout: 0.0,
+            use_rslora: false,
+            targets: TargetSelector::Names(vec![]),
+        };
         assert_eq!(s.scaling(), 2.0);
         s.use_rslora = true;
         assert_eq!(s.scaling(), 8.0);

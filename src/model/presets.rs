@@ -24,7 +24,14 @@ const QWEN_TOKENS: TokenIds = TokenIds {
     vision_end_token_id: 151653,
 };
 
-fn vision(depth: usize, hidden: usize, heads: usize, inter: usize, full: Vec<usize>, out: usize) -> VisionConfig {
+fn vision(
+    depth: usize,
+    hidden: usize,
+    heads: usize,
+    inter: usize,
+    full: Vec<usize>,
+    out: usize,
+) -> VisionConfig {
     VisionConfig {
         depth,
         hidden_size: hidden,
@@ -150,8 +157,15 @@ mod tests {
     fn presets_parse_and_round_trip() {
         for name in PRESETS {
             let c = preset_config(name).unwrap();
-            assert_eq!(ModelConfig::from_hf_json(&to_hf_json(&c)).unwrap(), c, "{name}");
+            assert_eq!(
+                ModelConfig::from_hf_json(&to_hf_json(&c)).unwrap(),
+                c,
+                "{name}"
+            );
         }
-        assert!(matches!(preset_config("huge"), Err(ModelError::UnknownPreset(_))));
+        assert!(matches!(
+            preset_config("huge"),
+            Err(ModelError::UnknownPreset(_))
+        ));
     }
 }

@@ -34,7 +34,11 @@ pub fn rope_index(
 ) -> Result<Vec<i64>, ModelError> {
     let merge = cfg.vision.spatial_merge_size;
     let tok = cfg.tokens;
-    let (image, video, vstart) = (tok.image_token_id as i64, tok.video_token_id as i64, tok.vision_start_token_id as i64);
+    let (image, video, vstart) = (
+        tok.image_token_id as i64,
+        tok.video_token_id as i64,
+        tok.vision_start_token_id as i64,
+    );
     let mut pos = vec![1i64; 3 * batch * seq];
     let mut image_index = 0usize;
     for b in 0..batch {
@@ -48,7 +52,9 @@ pub fn rope_index(
                 if w[1] == image {
                     n_images += 1;
                 } else if w[1] == video {
-                    return Err(ModelError::Inputs(format!("sample {b}: video inputs are not supported")));
+                    return Err(ModelError::Inputs(format!(
+                        "sample {b}: video inputs are not supported"
+                    )));
                 }
             }
         }
@@ -57,9 +63,13 @@ pub fn rope_index(
         let mut st = 0usize;
         let mut next = 0i64; // max of the last chunk + 1
         for _ in 0..n_images {
-            let ed = (st..toks.len()).find(|&i| toks[i] == image).ok_or_else(|| {
-                ModelError::Inputs(format!("sample {b}: <|vision_start|> without <|image_pad|> tokens"))
-            })?;
+            let ed = (st..toks.len())
+                .find(|&i| toks[i] == image)
+                .ok_or_else(|| {
+                    ModelError::Inputs(format!(
+                        "sample {b}: <|vision_start|> without <|image_pad|> tokens"
+                    ))
+                })?;
             let [t, h, w] = *grids.get(image_index).ok_or_else(|| {
                 ModelError::Inputs(format!(
                     "the batch has more images in its token ids than grids ({})",
@@ -135,7 +145,11 @@ pub fn mrope_cos_sin(
     let mut cos = vec![0f32; n * head_dim];
     let mut sin = vec![0f32; n * head_dim];
     for i in 0..n {
-        let p = [positions[i] as f32, positions[n + i] as f32, positions[2 * n + i] as f32];
+        let p = [
+            positions[i] as f32,
+            positions[n + i] as f32,
+            positions[2 * n + i] as f32,
+        ];
         let row = i * head_dim;
         for j in 0..half {
             let a = p[which[j]] * inv[j];
@@ -179,9 +193,9 @@ pub fn vision_cos_sin(positions: &[[usize; 2]], head_dim: usize) -> (Vec<f32>, V
     let mut sin = vec![0f32; positions.len() * head_dim];
     for (i, &[r, c]) in positions.iter().enumerate() {
         let row = i * head_dim;
-        for j in 0..quarter {
+        for (j, &f) in inv.iter().enumerate().take(quarter) {
             for (k, p) in [(j, r), (quarter + j, c)] {
-                let (s, co) = (p as f32 * inv[j]).sin_cos();
+                let (s, co) = (p as f32 * f).sin_cos();
                 cos[row + k] = co;
                 cos[row + half + k] = co;
                 sin[row + k] = s;

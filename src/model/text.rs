@@ -43,9 +43,13 @@ impl<B: Backend> TextAttention<B> {
         let q = apply_rotary(q, cos.clone(), sin.clone());
         let k = apply_rotary(k, cos.clone(), sin.clone());
         let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
-        let opts = AttentionModuleOptions { is_causal: mask.is_none(), ..Default::default() };
+        let opts = AttentionModuleOptions {
+            is_causal: mask.is_none(),
+            ..Default::default()
+        };
         let o = attention(q, k, v, mask.cloned(), None, opts);
-        self.o_proj.forward(o.swap_dims(1, 2).reshape([b, s, hidden]))
+        self.o_proj
+            .forward(o.swap_dims(1, 2).reshape([b, s, hidden]))
     }
 }
 
@@ -55,7 +59,9 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, n: usize) -> Tensor<B, 4> {
         return x;
     }
     let [b, kv, s, d] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([b, kv, n, s, d]).reshape([b, kv * n, s, d])
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, kv, n, s, d])
+        .reshape([b, kv * n, s, d])
 }
 
 /// `Qwen2_5_VLDecoderLayer`.
@@ -75,7 +81,10 @@ impl<B: Backend> DecoderLayer<B> {
         sin: &Tensor<B, 4>,
         mask: Option<&Tensor<B, 4, Bool>>,
     ) -> Tensor<B, 3> {
-        let x = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, mask);
+        let x = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), cos, sin, mask);
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 }
@@ -95,7 +104,11 @@ impl<B: Backend> TextModel<B> {
         let c = cfg.hidden_size;
         let hd = cfg.head_dim();
         let (h, kv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let embed = src.tensor::<2>("model.embed_tokens.weight", [cfg.vocab_size, c], Init::Normal)?;
+        let embed = src.tensor::<2>(
+            "model.embed_tokens.weight",
+            [cfg.vocab_size, c],
+            Init::Normal,
+        )?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let k = format!("model.layers.{i}");
@@ -103,7 +116,12 @@ impl<B: Backend> TextModel<B> {
                 LoraLinear::load(src, &format!("{k}.{name}"), d_in, d_out, bias)
             };
             layers.push(DecoderLayer {
-                input_layernorm: RmsNorm::load(src, &format!("{k}.input_layernorm"), c, cfg.rms_norm_eps)?,
+                input_layernorm: RmsNorm::load(
+                    src,
+                    &format!("{k}.input_layernorm"),
+                    c,
+                    cfg.rms_norm_eps,
+                )?,
                 self_attn: TextAttention {
                     q_proj: lin(src, "self_attn.q_proj", c, h * hd, true)?,
                     k_proj: lin(src, "self_attn.k_proj", c, kv * hd, true)?,
@@ -118,7 +136,14 @@ impl<B: Backend> TextModel<B> {
                     c,
                     cfg.rms_norm_eps,
                 )?,
-                mlp: Mlp::load(src, &format!("{k}.mlp"), c, cfg.intermediate_size, false, cfg.hidden_act)?,
+                mlp: Mlp::load(
+                    src,
+                    &format!("{k}.mlp"),
+                    c,
+                    cfg.intermediate_size,
+                    false,
+                    cfg.hidden_act,
+                )?,
             });
         }
         Ok(Self {
@@ -141,14 +166,21 @@ impl<B: Backend> TextModel<B> {
         sin: &Tensor<B, 4>,
         mask: Option<&Tensor<B, 4, Bool>>,
     ) -> Tensor<B, 3> {
-        self.layers.iter().fold(x, |x, l| l.forward(x, cos, sin, mask))
+        self.layers
+            .iter()
+            .fold(x, |x, l| l.forward(x, cos, sin, mask))
     }
 
     pub fn visit_linears(&self, f: &mut LinearVisit<'_, B>) {
         for (i, l) in self.layers.iter().enumerate() {
             let k = format!("model.language_model.layers.{i}");
             let a = &l.self_attn;
-            for (n, lin) in [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj), ("o_proj", &a.o_proj)] {
+            for (n, lin) in [
+                ("q_proj", &a.q_proj),
+                ("k_proj", &a.k_proj),
+                ("v_proj", &a.v_proj),
+                ("o_proj", &a.o_proj),
+            ] {
                 f(&format!("{k}.self_attn.{n}"), lin);
             }
             l.mlp.visit_linears(&format!("{k}.mlp"), f);
@@ -174,6 +206,10 @@ impl<B: Backend> TextModel<B> {
                 mlp: l.mlp.map_linears(&format!("{k}.mlp"), f)?,
             });
         }
-        Ok(Self { embed_tokens: self.embed_tokens, layers, norm: self.norm })
+        Ok(Self {
+            embed_tokens: self.embed_tokens,
+            layers,
+            norm: self.norm,
+        })
     }
 }

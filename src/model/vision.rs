@@ -72,7 +72,11 @@ pub struct AttentionGroups {
 impl AttentionGroups {
     /// Segments given by cumulative boundaries `cu` (starting at 0).
     pub fn from_cu(cu: &[usize]) -> Self {
-        let mut lens: Vec<usize> = cu.windows(2).map(|w| w[1] - w[0]).filter(|&l| l > 0).collect();
+        let mut lens: Vec<usize> = cu
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .filter(|&l| l > 0)
+            .collect();
         lens.sort_unstable();
         lens.dedup();
         let mut gather = Vec::with_capacity(*cu.last().unwrap_or(&0));
@@ -89,13 +93,21 @@ impl AttentionGroups {
         }
         let identity = gather.iter().enumerate().all(|(i, &g)| i == g);
         if identity {
-            return Self { gather: None, scatter: None, buckets };
+            return Self {
+                gather: None,
+                scatter: None,
+                buckets,
+            };
         }
         let mut scatter = vec![0; gather.len()];
         for (i, &g) in gather.iter().enumerate() {
             scatter[g] = i;
         }
-        Self { gather: Some(gather), scatter: Some(scatter), buckets }
+        Self {
+            gather: Some(gather),
+            scatter: Some(scatter),
+            buckets,
+        }
     }
 }
 
@@ -165,14 +177,23 @@ pub struct VisionAttention<B: Backend> {
 
 impl<B: Backend> VisionAttention<B> {
     /// `x [n, hidden]` → `[n, hidden]`; `cos`/`sin` `[n, head_dim]` f32.
-    pub fn forward(&self, x: Tensor<B, 2>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>, groups: &AttentionGroups) -> Tensor<B, 2> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+        groups: &AttentionGroups,
+    ) -> Tensor<B, 2> {
         let [n, hidden] = x.dims();
         let heads = self.num_heads;
         let hd = hidden / heads;
         let dtype = x.dtype();
         let qkv = self.qkv.forward(x).reshape([n, 3, heads, hd]);
         let part = |i: usize| qkv.clone().narrow(1, i, 1).reshape([n, heads, hd]);
-        let (cos3, sin3) = (cos.clone().unsqueeze_dim::<3>(1), sin.clone().unsqueeze_dim::<3>(1));
+        let (cos3, sin3) = (
+            cos.clone().unsqueeze_dim::<3>(1),
+            sin.clone().unsqueeze_dim::<3>(1),
+        );
         let q = apply_rotary(part(0).cast(DType::F32), cos3.clone(), sin3.clone()).cast(dtype);
         let k = apply_rotary(part(1).cast(DType::F32), cos3, sin3).cast(dtype);
         let v = part(2);
@@ -180,19 +201,39 @@ impl<B: Backend> VisionAttention<B> {
         let (q, k, v) = match &groups.gather {
             Some(g) => {
                 let g = index_tensor::<B>(g, &device);
-                (q.select(0, g.clone()), k.select(0, g.clone()), v.select(0, g))
+                (
+                    q.select(0, g.clone()),
+                    k.select(0, g.clone()),
+                    v.select(0, g),
+                )
             }
             None => (q, k, v),
         };
         let mut outs = Vec::with_capacity(groups.buckets.len());
         let mut off = 0;
         for &(segs, len) in &groups.buckets {
-            let take = |t: &Tensor<B, 3>| t.clone().narrow(0, off, segs * len).reshape([segs, len, heads, hd]).swap_dims(1, 2);
-            let o = attention(take(&q), take(&k), take(&v), None, None, AttentionModuleOptions::default());
+            let take = |t: &Tensor<B, 3>| {
+                t.clone()
+                    .narrow(0, off, segs * len)
+                    .reshape([segs, len, heads, hd])
+                    .swap_dims(1, 2)
+            };
+            let o = attention(
+                take(&q),
+                take(&k),
+                take(&v),
+                None,
+                None,
+                AttentionModuleOptions::default(),
+            );
             outs.push(o.swap_dims(1, 2).reshape([segs * len, hidden]));
             off += segs * len;
         }
-        let mut out = if outs.len() == 1 { outs.pop().expect("one bucket") } else { Tensor::cat(outs, 0) };
+        let mut out = if outs.len() == 1 {
+            outs.pop().expect("one bucket")
+        } else {
+            Tensor::cat(outs, 0)
+        };
         if let Some(s) = &groups.scatter {
             out = out.select(0, index_tensor::<B>(s, &device));
         }
@@ -211,8 +252,15 @@ pub struct VisionBlock<B: Backend> {
 
 impl<B: Backend> VisionBlock<B> {
     pub fn forward(&self, x: Tensor<B, 2>, plan: &VisionPlan<B>, full: bool) -> Tensor<B, 2> {
-        let groups = if full { &plan.full_groups } else { &plan.window_groups };
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x), &plan.cos, &plan.sin, groups);
+        let groups = if full {
+            &plan.full_groups
+        } else {
+            &plan.window_groups
+        };
+        let x = x.clone()
+            + self
+                .attn
+                .forward(self.norm1.forward(x), &plan.cos, &plan.sin, groups);
         x.clone() + self.mlp.forward(self.norm2.forward(x))
     }
 }
@@ -259,7 +307,13 @@ impl<B: Backend> VisionModel<B> {
     pub fn load(src: &mut impl ParamSource<B>, cfg: &VisionConfig) -> Result<Self, ModelError> {
         src.set_std(cfg.initializer_range);
         let c = cfg.hidden_size;
-        let conv = [c, cfg.in_channels, cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size];
+        let conv = [
+            c,
+            cfg.in_channels,
+            cfg.temporal_patch_size,
+            cfg.patch_size,
+            cfg.patch_size,
+        ];
         let pe = patch_embed_weight(src, "visual.patch_embed.proj.weight", conv)?;
         let mut blocks = Vec::with_capacity(cfg.depth);
         for i in 0..cfg.depth {
@@ -272,7 +326,14 @@ impl<B: Backend> VisionModel<B> {
                     proj: LoraLinear::load(src, &format!("{k}.attn.proj"), c, c, true)?,
                     num_heads: cfg.num_heads,
                 },
-                mlp: Mlp::load(src, &format!("{k}.mlp"), c, cfg.intermediate_size, true, cfg.hidden_act)?,
+                mlp: Mlp::load(
+                    src,
+                    &format!("{k}.mlp"),
+                    c,
+                    cfg.intermediate_size,
+                    true,
+                    cfg.hidden_act,
+                )?,
             });
         }
         let m = c * cfg.merge_unit();
@@ -313,7 +374,11 @@ impl<B: Backend> VisionModel<B> {
             }
         }
         let merged = self.merger.forward(x).select(0, plan.from_window.clone());
-        VisionTrace { patch_embed: pe, blocks, merger: merged }
+        VisionTrace {
+            patch_embed: pe,
+            blocks,
+            merger: merged,
+        }
     }
 
     pub fn visit_linears(&self, f: &mut LinearVisit<'_, B>) {
@@ -347,7 +412,12 @@ impl<B: Backend> VisionModel<B> {
             fc1: f("model.visual.merger.mlp.0", self.merger.fc1)?,
             fc2: f("model.visual.merger.mlp.2", self.merger.fc2)?,
         };
-        Ok(Self { patch_embed: self.patch_embed, blocks, merger, cfg: self.cfg })
+        Ok(Self {
+            patch_embed: self.patch_embed,
+            blocks,
+            merger,
+            cfg: self.cfg,
+        })
     }
 }
 
@@ -362,7 +432,10 @@ mod tests {
         let (idx, cu) = window_index(&[[1, 12, 10]], &cfg);
         assert_eq!(
             idx,
-            vec![0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13, 15, 16, 17, 18, 4, 9, 14, 19, 20, 21, 22, 23, 25, 26, 27, 28, 24, 29]
+            vec![
+                0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13, 15, 16, 17, 18, 4, 9, 14, 19, 20, 21, 22,
+                23, 25, 26, 27, 28, 24, 29
+            ]
         );
         assert_eq!(cu, vec![0, 64, 80, 112, 120]);
     }

@@ -47,7 +47,12 @@ pub enum Init {
 
 /// Supplies the model's tensors by hub key, in the model dtype, on the model device.
 pub trait ParamSource<B: Backend> {
-    fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D], init: Init) -> Result<Tensor<B, D>, ModelError>;
+    fn tensor<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        init: Init,
+    ) -> Result<Tensor<B, D>, ModelError>;
     /// Standard deviation of `Init::Normal` for what follows (text and vision differ).
     fn set_std(&mut self, std: f64);
 }
@@ -81,10 +86,12 @@ const RANDOM_CHUNK: usize = 1 << 20;
 /// `n` samples of normal(0, std) from ChaCha streams keyed by (seed, label, chunk).
 pub fn seeded_normal(seed: u64, label: &str, n: usize, std: f64) -> Vec<f32> {
     let mut out = vec![0f32; n];
-    out.par_chunks_mut(RANDOM_CHUNK).enumerate().for_each(|(i, chunk)| {
-        let mut rng = ChaCha8Rng::from_seed(derive_seed(seed, &format!("{label}#{i}")));
-        fill_normal(&mut rng, chunk, std);
-    });
+    out.par_chunks_mut(RANDOM_CHUNK)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let mut rng = ChaCha8Rng::from_seed(derive_seed(seed, &format!("{label}#{i}")));
+            fill_normal(&mut rng, chunk, std);
+        });
     out
 }
 
@@ -104,7 +111,12 @@ fn fill_normal(rng: &mut ChaCha8Rng, out: &mut [f32], std: f64) {
 }
 
 impl<B: Backend> ParamSource<B> for RandomSource<B> {
-    fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D], init: Init) -> Result<Tensor<B, D>, ModelError> {
+    fn tensor<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        init: Init,
+    ) -> Result<Tensor<B, D>, ModelError> {
         let opts = (&self.device, self.dtype);
         Ok(match init {
             Init::Ones => Tensor::ones(shape, opts),
@@ -138,11 +150,17 @@ pub struct CheckpointSource<B: Backend> {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> ModelError {
-    ModelError::Io { path: path.display().to_string(), source }
+    ModelError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 fn werr(file: &Path, msg: impl Into<String>) -> ModelError {
-    ModelError::Weights { file: file.display().to_string(), msg: msg.into() }
+    ModelError::Weights {
+        file: file.display().to_string(),
+        msg: msg.into(),
+    }
 }
 
 impl<B: Backend> CheckpointSource<B> {
@@ -152,17 +170,17 @@ impl<B: Backend> CheckpointSource<B> {
         let single = dir.join("model.safetensors");
         let paths: Vec<PathBuf> = if index.exists() {
             let text = std::fs::read_to_string(&index).map_err(|e| io_err(&index, e))?;
-            let json: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| werr(&index, format!("invalid JSON: {e}")))?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| werr(&index, format!("invalid JSON: {e}")))?;
             let map = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())
                 .ok_or_else(|| werr(&index, "missing object \"weight_map\""))?;
             let mut shards: Vec<String> = Vec::new();
             for (k, v) in map {
-                let f = v
-                    .as_str()
-                    .ok_or_else(|| werr(&index, format!("weight_map[{k:?}] must be a file name")))?;
+                let f = v.as_str().ok_or_else(|| {
+                    werr(&index, format!("weight_map[{k:?}] must be a file name"))
+                })?;
                 if !shards.iter().any(|s| s == f) {
                     shards.push(f.to_string());
                 }
@@ -171,7 +189,10 @@ impl<B: Backend> CheckpointSource<B> {
         } else if single.exists() {
             vec![single]
         } else {
-            return Err(werr(dir, "no model.safetensors or model.safetensors.index.json"));
+            return Err(werr(
+                dir,
+                "no model.safetensors or model.safetensors.index.json",
+            ));
         };
         let mut files = Vec::new();
         let mut entries = BTreeMap::new();
@@ -183,7 +204,13 @@ impl<B: Backend> CheckpointSource<B> {
                 .map_err(|e| werr(&path, format!("not a safetensors file: {e}")))?;
             for key in meta.tensors().keys() {
                 let Some(hub) = hub_key(key) else { continue };
-                if let Some(prev) = entries.insert(hub.clone(), Entry { file: i, key: key.clone() }) {
+                if let Some(prev) = entries.insert(
+                    hub.clone(),
+                    Entry {
+                        file: i,
+                        key: key.clone(),
+                    },
+                ) {
                     return Err(werr(
                         &path,
                         format!("tensor {hub} appears twice (as {:?} and {key:?})", prev.key),
@@ -192,7 +219,13 @@ impl<B: Backend> CheckpointSource<B> {
             }
             files.push((path, mmap));
         }
-        Ok(Self { files, entries, used: BTreeSet::new(), dtype, device: device.clone() })
+        Ok(Self {
+            files,
+            entries,
+            used: BTreeSet::new(),
+            dtype,
+            device: device.clone(),
+        })
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -201,7 +234,11 @@ impl<B: Backend> CheckpointSource<B> {
 
     /// Fail when the checkpoint holds tensors the model did not ask for.
     pub fn finish(&self) -> Result<(), ModelError> {
-        let unused: Vec<&String> = self.entries.keys().filter(|k| !self.used.contains(*k)).collect();
+        let unused: Vec<&String> = self
+            .entries
+            .keys()
+            .filter(|k| !self.used.contains(*k))
+            .collect();
         if unused.is_empty() {
             return Ok(());
         }
@@ -218,17 +255,31 @@ impl<B: Backend> CheckpointSource<B> {
     }
 
     /// The raw tensor data of `key` converted to `dtype`, checked against `shape`.
-    pub fn data(&mut self, key: &str, shape: &[usize], dtype: DType) -> Result<TensorData, ModelError> {
+    pub fn data(
+        &mut self,
+        key: &str,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<TensorData, ModelError> {
         let entry = self.entries.get(key).ok_or_else(|| {
-            werr(&self.files[0].0, format!("missing tensor {key} (shape {shape:?})"))
+            werr(
+                &self.files[0].0,
+                format!("missing tensor {key} (shape {shape:?})"),
+            )
         })?;
         let (path, mmap) = &self.files[entry.file];
         let st = SafeTensors::deserialize(mmap).map_err(|e| werr(path, e.to_string()))?;
-        let view = st.tensor(&entry.key).map_err(|e| werr(path, format!("{}: {e}", entry.key)))?;
+        let view = st
+            .tensor(&entry.key)
+            .map_err(|e| werr(path, format!("{}: {e}", entry.key)))?;
         if view.shape() != shape {
             return Err(werr(
                 path,
-                format!("tensor {} has shape {:?}, the config needs {shape:?}", entry.key, view.shape()),
+                format!(
+                    "tensor {} has shape {:?}, the config needs {shape:?}",
+                    entry.key,
+                    view.shape()
+                ),
             ));
         }
         let data = convert(view.data(), view.dtype(), shape, dtype)
@@ -261,19 +312,32 @@ fn convert(bytes: &[u8], from: StDtype, shape: &[usize], to: DType) -> Result<Te
             Ok(TensorData::new(v, shape))
         }
         (StDtype::BF16, DType::F32) => {
-            let v: Vec<f32> = bytes.par_chunks_exact(2).map(|c| bf16::from_bits(as_u16(c)).to_f32()).collect();
+            let v: Vec<f32> = bytes
+                .par_chunks_exact(2)
+                .map(|c| bf16::from_bits(as_u16(c)).to_f32())
+                .collect();
             Ok(TensorData::new(v, shape))
         }
         (StDtype::F16, DType::F32) => {
-            let v: Vec<f32> = bytes.par_chunks_exact(2).map(|c| f16::from_bits(as_u16(c)).to_f32()).collect();
+            let v: Vec<f32> = bytes
+                .par_chunks_exact(2)
+                .map(|c| f16::from_bits(as_u16(c)).to_f32())
+                .collect();
             Ok(TensorData::new(v, shape))
         }
-        (from, to) => Err(format!("cannot load dtype {from:?} as {to:?} (supported: f32, bf16, f16 on disk)")),
+        (from, to) => Err(format!(
+            "cannot load dtype {from:?} as {to:?} (supported: f32, bf16, f16 on disk)"
+        )),
     }
 }
 
 impl<B: Backend> ParamSource<B> for CheckpointSource<B> {
-    fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D], _init: Init) -> Result<Tensor<B, D>, ModelError> {
+    fn tensor<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        _init: Init,
+    ) -> Result<Tensor<B, D>, ModelError> {
         let data = self.data(key, &shape, self.dtype)?;
         Ok(Tensor::from_data(data, (&self.device, self.dtype)))
     }

@@ -30,11 +30,19 @@ impl Fixture {
     }
 
     pub fn keys(&self) -> Vec<String> {
-        self.st().names().into_iter().map(|s| s.to_string()).collect()
+        self.st()
+            .names()
+            .into_iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     pub fn shape(&self, key: &str) -> Vec<usize> {
-        self.st().tensor(key).unwrap_or_else(|e| panic!("{key}: {e}")).shape().to_vec()
+        self.st()
+            .tensor(key)
+            .unwrap_or_else(|e| panic!("{key}: {e}"))
+            .shape()
+            .to_vec()
     }
 
     /// Values converted to f64 (f32, bf16, i64, u8 on disk).
@@ -43,8 +51,14 @@ impl Fixture {
         let t = st.tensor(key).unwrap_or_else(|e| panic!("{key}: {e}"));
         let d = t.data();
         match t.dtype() {
-            Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-            Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            Dtype::F32 => d
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            Dtype::I64 => d
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
             Dtype::U8 => d.iter().map(|&v| v as f64).collect(),
             Dtype::BF16 => d
                 .chunks_exact(2)
@@ -64,23 +78,39 @@ impl Fixture {
 
     pub fn tensor2(&self, key: &str) -> Tensor<B, 2> {
         let s = self.shape(key);
-        Tensor::from_data(TensorData::new(self.f32s(key), [s[0], s[1]]), (&Default::default(), DType::F32))
+        Tensor::from_data(
+            TensorData::new(self.f32s(key), [s[0], s[1]]),
+            (&Default::default(), DType::F32),
+        )
     }
 
     pub fn int2(&self, key: &str) -> Tensor<B, 2, Int> {
         let s = self.shape(key);
-        Tensor::from_data(TensorData::new(self.ints(key), [s[0], s[1]]), &Default::default())
+        Tensor::from_data(
+            TensorData::new(self.ints(key), [s[0], s[1]]),
+            &Default::default(),
+        )
     }
 }
 
 pub fn to_vec<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f64> {
-    t.cast(DType::F32).into_data().convert::<f32>().into_vec::<f32>().unwrap().into_iter().map(|v| v as f64).collect()
+    t.cast(DType::F32)
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(|v| v as f64)
+        .collect()
 }
 
 /// Largest |a - b|, asserting equal lengths.
 pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 /// Assert `|a - b| ≤ tol` everywhere and return the max difference.
