@@ -239,13 +239,15 @@ impl ModelConfig {
         let t = &self.text;
         let v = &self.vision;
         let err = |m: String| Err(ModelError::Config(m));
-        if t.num_attention_heads == 0 || t.hidden_size % t.num_attention_heads != 0 {
+        if t.num_attention_heads == 0 || !t.hidden_size.is_multiple_of(t.num_attention_heads) {
             return err(format!(
                 "hidden_size {} must be divisible by num_attention_heads {}",
                 t.hidden_size, t.num_attention_heads
             ));
         }
-        if t.num_key_value_heads == 0 || t.num_attention_heads % t.num_key_value_heads != 0 {
+        if t.num_key_value_heads == 0
+            || !t.num_attention_heads.is_multiple_of(t.num_key_value_heads)
+        {
             return err(format!(
                 "num_attention_heads {} must be a multiple of num_key_value_heads {}",
                 t.num_attention_heads, t.num_key_value_heads
@@ -258,7 +260,10 @@ impl ModelConfig {
                 t.head_dim() / 2
             ));
         }
-        if v.num_heads == 0 || v.hidden_size % v.num_heads != 0 || v.head_dim() % 4 != 0 {
+        if v.num_heads == 0
+            || !v.hidden_size.is_multiple_of(v.num_heads)
+            || !v.head_dim().is_multiple_of(4)
+        {
             return err(format!(
                 "vision hidden_size {} / num_heads {} must give a head_dim divisible by 4",
                 v.hidden_size, v.num_heads
@@ -271,7 +276,10 @@ impl ModelConfig {
             ));
         }
         let unit = v.spatial_merge_size * v.patch_size;
-        if v.spatial_merge_size == 0 || unit == 0 || v.window_size % unit != 0 || v.window_size == 0
+        if v.spatial_merge_size == 0
+            || unit == 0
+            || !v.window_size.is_multiple_of(unit)
+            || v.window_size == 0
         {
             return err(format!(
                 "vision window_size {} must be a positive multiple of patch_size·spatial_merge_size = {unit}",

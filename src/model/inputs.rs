@@ -33,6 +33,9 @@ pub struct ModelInputs<B: Backend> {
 }
 
 /// Pad `samples` to the longest with `pad_id` on `side` and concatenate their images.
+///
+/// Panics if a sample's `pixel_rows` do not hold one row per patch of its `grids` (an
+/// invariant of `processor::pixel_rows`, not user input).
 pub fn collate<B: Backend>(
     samples: &[&SampleInputs],
     pad_id: u32,
@@ -59,19 +62,18 @@ pub fn collate<B: Backend>(
         .flat_map(|s| s.grids.iter().copied())
         .collect();
     let rows: usize = grids.iter().map(|g| g[0] * g[1] * g[2]).sum();
-    let pixel_values = if rows == 0 {
-        None
-    } else {
-        let mut px = Vec::with_capacity(samples.iter().map(|s| s.pixel_rows.len()).sum());
+    let n_values: usize = samples.iter().map(|s| s.pixel_rows.len()).sum();
+    assert!(
+        n_values.is_multiple_of(rows),
+        "collate: {n_values} pixel values do not split into {rows} patch rows"
+    );
+    let pixel_values = n_values.checked_div(rows).map(|dim| {
+        let mut px = Vec::with_capacity(n_values);
         for s in samples {
             px.extend_from_slice(&s.pixel_rows);
         }
-        let dim = px.len() / rows;
-        Some(Tensor::from_data(
-            TensorData::new(px, [rows, dim]),
-            (device, DType::F32),
-        ))
-    };
+        Tensor::from_data(TensorData::new(px, [rows, dim]), (device, DType::F32))
+    });
     ModelInputs {
         input_ids: Tensor::from_data(TensorData::new(ids, [batch, seq]), device),
         attention_mask: Tensor::from_data(TensorData::new(mask, [batch, seq]), device),

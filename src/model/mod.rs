@@ -24,12 +24,15 @@
 //!
 //! model::classifier::SeqClassifier<B>              // #[derive(Module)] visual + language_model + score
 //!   load_classifier::<B>(source: &ModelSource, num_labels, dtype: DType, seed: u64, device)
-//!       -> Result<SeqClassifier<B>, ModelError>
-//!   load_classifier_from::<B>(source: WeightsSource<'_>, num_labels, dtype, seed, device)  // same, no ModelSource
+//!       -> Result<SeqClassifier<B>, ModelError>   // thin wrapper, added once tokenizer.rs (ModelSource) lands
+//!   load_classifier_from::<B>(source: WeightsSource<'_> /*Preset(&str) | Dir(&Path)*/, num_labels,
+//!       dtype /*F32 | BF16*/, seed, device) -> Result<SeqClassifier<B>, ModelError>
 //!   SeqClassifier::forward(&self, inputs: &ModelInputs<B>) -> Result<Tensor<B, 2>, ModelError>
 //!       // CHANGED: Result (image-token/feature count mismatch). f32 logits [batch, num_labels]
 //!   SeqClassifier::last_hidden_state(&self, inputs) -> Result<Tensor<B, 3>, ModelError> // normed
-//!   SeqClassifier::config(&self) -> &ModelConfig;  num_labels(&self) -> usize
+//!   SeqClassifier::position_ids(&self, inputs) -> Result<Vec<i64> /*[3, batch, seq]*/, ModelError>
+//!   SeqClassifier::config(&self) -> &ModelConfig;  num_labels(&self) -> usize;  dtype(&self) -> DType
+//!   model::vision::VisionModel::{forward(pixels, grids), trace(pixels, grids)}  // trace: every intermediate
 //!
 //! model::lora::{LoraSpec { r, alpha, dropout, use_rslora, targets: TargetSelector },
 //!               TargetSelector::{AllLinear { vit, aligner, llm }, Names(Vec<String>), Regex(String)},

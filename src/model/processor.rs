@@ -9,9 +9,10 @@ use image::RgbImage;
 use super::ModelError;
 use super::config::VisionConfig;
 
-/// OpenAI CLIP normalisation (`OPENAI_CLIP_MEAN` / `OPENAI_CLIP_STD`).
-pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+/// OpenAI CLIP normalisation (`OPENAI_CLIP_MEAN` / `OPENAI_CLIP_STD`), as written in
+/// transformers; numpy rounds them to f32 like `as f32` does.
+pub const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
+pub const CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 /// Pixel rows `[t·h·w, C·T·p·p]` (row-major) and the grid `[1, h, w]` in patches.
 pub fn pixel_rows(
@@ -40,7 +41,8 @@ pub fn pixel_rows(
     for (x, y, px) in img.enumerate_pixels() {
         for c in 0..3 {
             let v = (px.0[c] as f64 * scale) as f32;
-            planes[(c * h + y as usize) * w + x as usize] = (v - CLIP_MEAN[c]) / CLIP_STD[c];
+            planes[(c * h + y as usize) * w + x as usize] =
+                (v - CLIP_MEAN[c] as f32) / CLIP_STD[c] as f32;
         }
     }
     let (gh, gw) = (h / p, w / p);

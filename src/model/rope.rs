@@ -193,9 +193,9 @@ pub fn vision_cos_sin(positions: &[[usize; 2]], head_dim: usize) -> (Vec<f32>, V
     let mut sin = vec![0f32; positions.len() * head_dim];
     for (i, &[r, c]) in positions.iter().enumerate() {
         let row = i * head_dim;
-        for j in 0..quarter {
+        for (j, &f) in inv.iter().enumerate().take(quarter) {
             for (k, p) in [(j, r), (quarter + j, c)] {
-                let (s, co) = (p as f32 * inv[j]).sin_cos();
+                let (s, co) = (p as f32 * f).sin_cos();
                 cos[row + k] = co;
                 cos[row + half + k] = co;
                 sin[row + k] = s;

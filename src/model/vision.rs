@@ -111,6 +111,36 @@ impl AttentionGroups {
     }
 }
 
+/// [`AttentionGroups`] on the device: permutations and rotary tables (f32, in gathered
+/// order), built once per forward.
+pub struct DeviceGroups<B: Backend> {
+    gather: Option<Tensor<B, 1, Int>>,
+    scatter: Option<Tensor<B, 1, Int>>,
+    buckets: Vec<(usize, usize)>,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+}
+
+impl<B: Backend> DeviceGroups<B> {
+    fn new(g: AttentionGroups, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>, device: &B::Device) -> Self {
+        let gather = g.gather.map(|v| index_tensor(&v, device));
+        let (cos, sin) = match &gather {
+            Some(idx) => (
+                cos.clone().select(0, idx.clone()),
+                sin.clone().select(0, idx.clone()),
+            ),
+            None => (cos.clone(), sin.clone()),
+        };
+        Self {
+            gather,
+            scatter: g.scatter.map(|v| index_tensor(&v, device)),
+            buckets: g.buckets,
+            cos,
+            sin,
+        }
+    }
+}
+
 /// Everything about a batch of images that the blocks need, computed once per forward.
 pub struct VisionPlan<B: Backend> {
     /// Merged-token window order (`window_index`) and its boundaries in patches.
@@ -119,8 +149,8 @@ pub struct VisionPlan<B: Backend> {
     /// Rotary tables `[n, head_dim]` (f32) in window order.
     pub cos: Tensor<B, 2>,
     pub sin: Tensor<B, 2>,
-    window_groups: AttentionGroups,
-    full_groups: AttentionGroups,
+    window_groups: DeviceGroups<B>,
+    full_groups: DeviceGroups<B>,
     /// Patch permutation into window order and the merged-token permutation back.
     to_window: Tensor<B, 1, Int>,
     from_window: Tensor<B, 1, Int>,
@@ -154,11 +184,18 @@ impl<B: Backend> VisionPlan<B> {
                 cu_full.push(cu_full.last().unwrap_or(&0) + h * w);
             }
         }
+        let cos = Tensor::from_data(TensorData::new(cos, [n, hd]), (device, DType::F32));
+        let sin = Tensor::from_data(TensorData::new(sin, [n, hd]), (device, DType::F32));
         Self {
-            cos: Tensor::from_data(TensorData::new(cos, [n, hd]), (device, DType::F32)),
-            sin: Tensor::from_data(TensorData::new(sin, [n, hd]), (device, DType::F32)),
-            window_groups: AttentionGroups::from_cu(&cu_window_seqlens),
-            full_groups: AttentionGroups::from_cu(&cu_full),
+            window_groups: DeviceGroups::new(
+                AttentionGroups::from_cu(&cu_window_seqlens),
+                &cos,
+                &sin,
+                device,
+            ),
+            full_groups: DeviceGroups::new(AttentionGroups::from_cu(&cu_full), &cos, &sin, device),
+            cos,
+            sin,
             to_window: index_tensor(&patch_perm, device),
             from_window: index_tensor(&inverse, device),
             window_index,
@@ -177,38 +214,26 @@ pub struct VisionAttention<B: Backend> {
 
 impl<B: Backend> VisionAttention<B> {
     /// `x [n, hidden]` → `[n, hidden]`; `cos`/`sin` `[n, head_dim]` f32.
-    pub fn forward(
-        &self,
-        x: Tensor<B, 2>,
-        cos: &Tensor<B, 2>,
-        sin: &Tensor<B, 2>,
-        groups: &AttentionGroups,
-    ) -> Tensor<B, 2> {
+    pub fn forward(&self, x: Tensor<B, 2>, groups: &DeviceGroups<B>) -> Tensor<B, 2> {
         let [n, hidden] = x.dims();
         let heads = self.num_heads;
         let hd = hidden / heads;
         let dtype = x.dtype();
+        // Per-token ops commute with the permutation: gather the input once, rotate with
+        // tables in the same order, scatter the projected output back.
+        let x = match &groups.gather {
+            Some(g) => x.select(0, g.clone()),
+            None => x,
+        };
         let qkv = self.qkv.forward(x).reshape([n, 3, heads, hd]);
         let part = |i: usize| qkv.clone().narrow(1, i, 1).reshape([n, heads, hd]);
-        let (cos3, sin3) = (
-            cos.clone().unsqueeze_dim::<3>(1),
-            sin.clone().unsqueeze_dim::<3>(1),
+        let (cos, sin) = (
+            groups.cos.clone().unsqueeze_dim::<3>(1),
+            groups.sin.clone().unsqueeze_dim::<3>(1),
         );
-        let q = apply_rotary(part(0).cast(DType::F32), cos3.clone(), sin3.clone()).cast(dtype);
-        let k = apply_rotary(part(1).cast(DType::F32), cos3, sin3).cast(dtype);
+        let q = apply_rotary(part(0).cast(DType::F32), cos.clone(), sin.clone()).cast(dtype);
+        let k = apply_rotary(part(1).cast(DType::F32), cos, sin).cast(dtype);
         let v = part(2);
-        let device = q.device();
-        let (q, k, v) = match &groups.gather {
-            Some(g) => {
-                let g = index_tensor::<B>(g, &device);
-                (
-                    q.select(0, g.clone()),
-                    k.select(0, g.clone()),
-                    v.select(0, g),
-                )
-            }
-            None => (q, k, v),
-        };
         let mut outs = Vec::with_capacity(groups.buckets.len());
         let mut off = 0;
         for &(segs, len) in &groups.buckets {
@@ -229,15 +254,16 @@ impl<B: Backend> VisionAttention<B> {
             outs.push(o.swap_dims(1, 2).reshape([segs * len, hidden]));
             off += segs * len;
         }
-        let mut out = if outs.len() == 1 {
+        let out = if outs.len() == 1 {
             outs.pop().expect("one bucket")
         } else {
             Tensor::cat(outs, 0)
         };
-        if let Some(s) = &groups.scatter {
-            out = out.select(0, index_tensor::<B>(s, &device));
+        let out = self.proj.forward(out);
+        match &groups.scatter {
+            Some(s) => out.select(0, s.clone()),
+            None => out,
         }
-        self.proj.forward(out)
     }
 }
 
@@ -257,10 +283,7 @@ impl<B: Backend> VisionBlock<B> {
         } else {
             &plan.window_groups
         };
-        let x = x.clone()
-            + self
-                .attn
-                .forward(self.norm1.forward(x), &plan.cos, &plan.sin, groups);
+        let x = x.clone() + self.attn.forward(self.norm1.forward(x), groups);
         x.clone() + self.mlp.forward(self.norm2.forward(x))
     }
 }
