@@ -93,7 +93,7 @@ pub fn write_tensors(path: &Path, tensors: &[(String, TensorData)]) -> Result<()
     })
 }
 
-/// Read every tensor of a safetensors file into host memory, in file order.
+/// Read every tensor of a safetensors file into host memory, sorted by name.
 pub fn read_tensors(path: &Path) -> Result<Vec<(String, TensorData)>, AdapterError> {
     let bytes = std::fs::read(path).map_err(|source| AdapterError::Io {
         path: path.to_path_buf(),
@@ -103,8 +103,15 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, TensorData)>, AdapterErr
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
+    // Sorted by name: `SafeTensors::iter` follows a hash map (writers sort by name too).
+    let mut names: Vec<&str> = st.names();
+    names.sort_unstable();
     let mut out = Vec::with_capacity(st.len());
-    for (name, view) in st.iter() {
+    for name in names {
+        let view = st.tensor(name).map_err(|e| AdapterError::Safetensors {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let dtype = from_st_dtype(view.dtype()).ok_or_else(|| AdapterError::Tensor {
             path: path.to_path_buf(),
             key: name.to_string(),

@@ -45,7 +45,11 @@ pub fn write_merged<B: Backend>(
     let files = write_sharded(dir, model.merged_state(), max_shard_bytes)?;
     let config = merged_config(base_config, head);
     let path = dir.join("config.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&config).expect("JSON values serialize") + "\n").map_err(io(&path))?;
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&config).expect("JSON values serialize") + "\n",
+    )
+    .map_err(io(&path))?;
     let path = dir.join(MODELING_FILE);
     std::fs::write(&path, MODELING_SOURCE).map_err(io(&path))?;
     Ok(files)
@@ -57,7 +61,10 @@ pub fn copy_processor_files(src: &Path, dest: &Path) -> Result<Vec<String>, Expo
     for name in PROCESSOR_FILES {
         let from = src.join(name);
         if from.is_file() {
-            std::fs::copy(&from, dest.join(name)).map_err(|source| ExportError::Io { path: from.clone(), source })?;
+            std::fs::copy(&from, dest.join(name)).map_err(|source| ExportError::Io {
+                path: from.clone(),
+                source,
+            })?;
             copied.push(name.to_string());
         }
     }
@@ -66,7 +73,11 @@ pub fn copy_processor_files(src: &Path, dest: &Path) -> Result<Vec<String>, Expo
 
 /// `preprocessor_config.json` of the Qwen2-VL image processor for a model without one (a
 /// preset): patch/merge sizes from the vision config, CLIP mean/std, and the pixel bounds.
-pub fn preprocessor_config(vision: &crate::model::config::VisionConfig, min_pixels: u64, max_pixels: u64) -> Value {
+pub fn preprocessor_config(
+    vision: &crate::model::config::VisionConfig,
+    min_pixels: u64,
+    max_pixels: u64,
+) -> Value {
     use crate::model::processor::{CLIP_MEAN, CLIP_STD};
     serde_json::json!({
         "do_convert_rgb": true,

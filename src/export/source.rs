@@ -22,13 +22,19 @@ pub fn weights_source(model: &ModelSpec) -> Result<WeightsSource<'_>, String> {
         (Some(p), None) => Ok(WeightsSource::Preset(p)),
         (None, Some(p)) => Ok(WeightsSource::Dir(Path::new(p))),
         (Some(_), Some(_)) => Err("[model] has both `preset` and `path`; keep one".into()),
-        (None, None) => Err("[model] needs `preset` (tiny, qwen2.5-vl-3b, qwen2.5-vl-7b) or `path`".into()),
+        (None, None) => {
+            Err("[model] needs `preset` (tiny, qwen2.5-vl-3b, qwen2.5-vl-7b) or `path`".into())
+        }
     }
 }
 
 /// What `base_model_name_or_path` records: the directory, or the preset name.
 pub fn base_model_name(model: &ModelSpec) -> String {
-    model.path.clone().or_else(|| model.preset.clone()).unwrap_or_default()
+    model
+        .path
+        .clone()
+        .or_else(|| model.preset.clone())
+        .unwrap_or_default()
 }
 
 /// `torch_dtype` → Burn dtype and its config.json spelling.
@@ -36,7 +42,9 @@ pub fn model_dtype(torch_dtype: &str) -> Result<(DType, &'static str), String> {
     match torch_dtype {
         "float32" | "fp32" => Ok((DType::F32, "float32")),
         "bfloat16" | "bf16" => Ok((DType::BF16, "bfloat16")),
-        other => Err(format!("[model] torch_dtype {other:?} is not supported (valid: float32, bfloat16)")),
+        other => Err(format!(
+            "[model] torch_dtype {other:?} is not supported (valid: float32, bfloat16)"
+        )),
     }
 }
 
@@ -44,11 +52,15 @@ pub fn model_dtype(torch_dtype: &str) -> Result<(DType, &'static str), String> {
 /// hub layout.
 pub fn base_config(source: WeightsSource<'_>) -> Result<Value, String> {
     match source {
-        WeightsSource::Preset(name) => Ok(to_hf_json(&preset_config(name).map_err(|e| e.to_string())?)),
+        WeightsSource::Preset(name) => {
+            Ok(to_hf_json(&preset_config(name).map_err(|e| e.to_string())?))
+        }
         WeightsSource::Dir(dir) => {
             let path = dir.join("config.json");
-            let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            serde_json::from_str(&text).map_err(|e| format!("{}: invalid JSON: {e}", path.display()))
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            serde_json::from_str(&text)
+                .map_err(|e| format!("{}: invalid JSON: {e}", path.display()))
         }
     }
 }
@@ -62,7 +74,10 @@ pub fn train_adapter_dir(train_dir: &Path, checkpoint: &str) -> Result<PathBuf, 
             if dir.is_dir() {
                 Ok(dir)
             } else {
-                Err(format!("train output {} has no final adapter ({TRAIN_ADAPTER_DIR}/)", train_dir.display()))
+                Err(format!(
+                    "train output {} has no final adapter ({TRAIN_ADAPTER_DIR}/)",
+                    train_dir.display()
+                ))
             }
         }
         "best" => {
@@ -71,9 +86,13 @@ pub fn train_adapter_dir(train_dir: &Path, checkpoint: &str) -> Result<PathBuf, 
                 .map_err(|e| format!("{}: {e} (did the train stage evaluate?)", file.display()))?;
             // The file names a checkpoint directory; only its last component is used, so a
             // path recorded before the entry was moved into the cache still resolves.
-            let name = Path::new(text.trim())
-                .file_name()
-                .ok_or_else(|| format!("{}: names no checkpoint ({:?})", file.display(), text.trim()))?;
+            let name = Path::new(text.trim()).file_name().ok_or_else(|| {
+                format!(
+                    "{}: names no checkpoint ({:?})",
+                    file.display(),
+                    text.trim()
+                )
+            })?;
             let dir = train_dir.join(name);
             if dir.is_dir() {
                 Ok(dir)
@@ -97,15 +116,30 @@ mod tests {
     fn checkpoint_names_resolve_inside_the_train_output() {
         let tmp = tempfile::tempdir().unwrap();
         let t = tmp.path();
-        assert!(train_adapter_dir(t, "last").unwrap_err().contains("no final adapter"));
+        assert!(
+            train_adapter_dir(t, "last")
+                .unwrap_err()
+                .contains("no final adapter")
+        );
         std::fs::create_dir_all(t.join("adapter")).unwrap();
         std::fs::create_dir_all(t.join("checkpoint-4")).unwrap();
         assert_eq!(train_adapter_dir(t, "last").unwrap(), t.join("adapter"));
-        assert!(train_adapter_dir(t, "best").unwrap_err().contains("did the train stage evaluate"));
+        assert!(
+            train_adapter_dir(t, "best")
+                .unwrap_err()
+                .contains("did the train stage evaluate")
+        );
         std::fs::write(t.join("best"), "/old/place/runs/tmp/checkpoint-4\n").unwrap();
-        assert_eq!(train_adapter_dir(t, "best").unwrap(), t.join("checkpoint-4"));
+        assert_eq!(
+            train_adapter_dir(t, "best").unwrap(),
+            t.join("checkpoint-4")
+        );
         std::fs::write(t.join("best"), "checkpoint-9\n").unwrap();
-        assert!(train_adapter_dir(t, "best").unwrap_err().contains("save_total_limit"));
+        assert!(
+            train_adapter_dir(t, "best")
+                .unwrap_err()
+                .contains("save_total_limit")
+        );
         assert!(train_adapter_dir(t, "first").is_err());
     }
 
@@ -117,7 +151,10 @@ mod tests {
             torch_dtype: "float32".into(),
             device: "cpu".into(),
         };
-        assert!(matches!(weights_source(&spec(Some("tiny"), None)), Ok(WeightsSource::Preset("tiny"))));
+        assert!(matches!(
+            weights_source(&spec(Some("tiny"), None)),
+            Ok(WeightsSource::Preset("tiny"))
+        ));
         assert!(weights_source(&spec(Some("tiny"), Some("/m"))).is_err());
         assert!(weights_source(&spec(None, None)).is_err());
         assert_eq!(base_model_name(&spec(None, Some("/m"))), "/m");
