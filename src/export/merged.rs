@@ -52,8 +52,39 @@ pub fn write_merged<B: Backend>(
     .map_err(io(&path))?;
     let path = dir.join(MODELING_FILE);
     std::fs::write(&path, MODELING_SOURCE).map_err(io(&path))?;
+    let path = dir.join("README.md");
+    std::fs::write(&path, LOADING_NOTES).map_err(io(&path))?;
     Ok(files)
 }
+
+/// README.md of a merged directory: which loaders accept it and how.
+pub const LOADING_NOTES: &str = "\
+# Merged Qwen2.5-VL sequence classifier (written by `pipeline export`)
+
+LoRA folded into the base weights; hub key names (`visual.*`, `model.*`), the head as
+`score.weight` [num_labels, hidden], no `lm_head`. config.json carries `num_labels`,
+`id2label`, `label2id`, `problem_type`, and `architectures` as ms-swift writes them.
+
+Loaders that accept this directory:
+
+- transformers (>= 4.52; tested with 4.57.1): transformers has no Qwen2.5-VL
+  sequence-classification class, so the class ships here as remote code:
+
+      from transformers import AutoModelForSequenceClassification
+      model = AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)
+      logits = model(input_ids=..., attention_mask=..., pixel_values=..., image_grid_thw=...).logits
+
+  Without `trust_remote_code`, `AutoModelForSequenceClassification` refuses the
+  `qwen2_5_vl` config, and `Qwen2_5_VLForConditionalGeneration.from_pretrained` loads the
+  backbone but drops `score.weight` (attach it yourself, as ms-swift does).
+- ms-swift (`swift infer --model <dir> --task_type seq_cls --num_labels N`): the layout
+  `swift export --merge_lora true` writes.
+- pipeline: `[model] path = \"<dir>\"` with a score stage that needs only the dataset.
+
+Images: resize with qwen-vl-utils `smart_resize` and the same `max_pixels` as in training
+before the processor (`do_resize=False`); the processor's own bounds are not the ones
+training used.
+";
 
 /// Copy the tokenizer/preprocessor files `src` has into `dest`; returns their names.
 pub fn copy_processor_files(src: &Path, dest: &Path) -> Result<Vec<String>, ExportError> {
