@@ -29,3 +29,4 @@
 //!   SeqClassifier::load_lora_weights(self, named A/B + score) -> Result<Self>
 //!   SeqClassifier::merged_state(&self) -> Vec<(String /*hub key*/, TensorData)> // LoRA folded in
 //! ```
+pub mod tokenizer;
