@@ -2,8 +2,12 @@
 //!
 //! qwen-vl-utils' `fetch_image` ends with `image.resize((w, h))`, i.e. Pillow's BICUBIC
 //! through `ImagingResample` (Pillow `src/libImaging/Resample.c`). Its semantics:
-//! - separable: a horizontal pass into an 8-bit intermediate image, then a vertical pass;
-//!   a pass whose size does not change is skipped;
+//! - separable: two passes through an 8-bit intermediate image; a pass whose size does
+//!   not change is skipped. Pillow 13 (our reference environment) runs the vertical pass
+//!   first when the height shrinks by more than twice as many pixels as the width
+//!   (`horizontal_first` in Pillow 13.0.0 `ImagingResampleInner`); Pillow ≤ 12 always
+//!   runs the horizontal pass first. The order changes the 8-bit intermediate and so a
+//!   few output pixels (up to ~20 levels at hard edges); we follow Pillow 13;
 //! - per output pixel, the filter is centred at `(i + 0.5) · scale` in input coordinates,
 //!   stretched by `max(scale, 1)` (antialiasing when downscaling), support 2 × that,
 //!   taps at `(j + 0.5)`, weights normalised to sum 1;
@@ -13,7 +17,7 @@
 //!
 //! `image::imageops::resize` with CatmullRom is the same kernel but float arithmetic and
 //! no 8-bit intermediate; it differs from Pillow by up to a few levels. This version
-//! matches Pillow exactly (`tests/data_resize.rs`: max abs difference 0).
+//! matches Pillow 13 exactly (`tests/data_reference.rs`: max abs difference 0).
 
 use image::RgbImage;
 
@@ -78,18 +82,32 @@ fn clip8(acc: i32) -> u8 {
 
 const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
-/// Resize to `width`×`height` exactly as Pillow's `Image.resize(size, BICUBIC)` on an RGB
-/// image. Same size ⇒ a copy. Both sizes must be non-zero.
+/// Whether Pillow 13 runs the vertical pass first: the height shrinks, and by more than
+/// twice the number of pixels the width shrinks (a growing width counts as negative).
+pub fn vertical_first(in_w: u32, in_h: u32, out_w: u32, out_h: u32) -> bool {
+    let dh = in_h as i64 - out_h as i64;
+    let dw = in_w as i64 - out_w as i64;
+    dh > 0 && dh > dw * 2
+}
+
+/// Resize to `width`×`height` as Pillow's `Image.resize(size, BICUBIC)` on an RGB image
+/// (pass order: see the module docs). Same size ⇒ a copy. Both sizes must be non-zero.
 pub fn resize_bicubic(src: &RgbImage, width: u32, height: u32) -> RgbImage {
     assert!(width > 0 && height > 0, "resize target must be non-empty");
-    let (in_w, in_h) = (src.width() as usize, src.height() as usize);
-    let (out_w, out_h) = (width as usize, height as usize);
+    let (in_w, in_h) = src.dimensions();
     let mut img = src.clone();
-    if out_w != in_w {
-        img = horizontal(&img, out_w);
+    if vertical_first(in_w, in_h, width, height) {
+        img = vertical(&img, height as usize);
+        if width != in_w {
+            img = horizontal(&img, width as usize);
+        }
+        return img;
     }
-    if out_h != in_h {
-        img = vertical(&img, out_h);
+    if width != in_w {
+        img = horizontal(&img, width as usize);
+    }
+    if height != in_h {
+        img = vertical(&img, height as usize);
     }
     img
 }
