@@ -168,3 +168,24 @@ fn decoding_matches_pil_convert_rgb() {
     eprintln!("JPEG decode max abs diff vs PIL: {d}");
     assert!(d <= JPEG_DECODE_TOLERANCE, "JPEG decode differs from PIL by {d}");
 }
+
+#[test]
+fn model_dir_tokenizer_loads_with_qwen_special_ids() {
+    use pipeline::model::tokenizer::{ModelSource, SpecialTokens, load_tokenizer};
+    let dir = tempfile::tempdir().unwrap();
+    let mut gz = flate2::read::GzDecoder::new(
+        std::fs::File::open(fixtures().join("tokenizer.json.gz")).unwrap(),
+    );
+    let mut bytes = Vec::new();
+    gz.read_to_end(&mut bytes).unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), bytes).unwrap();
+    let tok = load_tokenizer(&ModelSource::Path(dir.path().to_path_buf())).unwrap();
+    let sp = SpecialTokens::from_tokenizer(&tok).unwrap();
+    assert_eq!(
+        [sp.pad, sp.im_start, sp.im_end, sp.vision_start, sp.vision_end, sp.image_pad, sp.video_pad],
+        [151_643, 151_644, 151_645, 151_652, 151_653, 151_655, 151_656]
+    );
+    // The split regex's lookahead `\s+(?!\S)`: "a  b" → "a", " ", " b" (as transformers).
+    let ids = tok.encode("a  b", false).unwrap().get_ids().to_vec();
+    assert_eq!(ids, [64, 220, 293]);
+}
