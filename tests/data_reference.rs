@@ -32,14 +32,22 @@ fn smart_resize_matches_qwen_vl_utils() {
     let (mut ok, mut errors, mut zero) = (0, 0, 0);
     for c in cases {
         let g = |k: &str| c[k].as_u64().unwrap();
-        let (h, w, lo, hi) = (g("h") as u32, g("w") as u32, g("min_pixels"), g("max_pixels"));
+        let (h, w, lo, hi) = (
+            g("h") as u32,
+            g("w") as u32,
+            g("min_pixels"),
+            g("max_pixels"),
+        );
         let got = smart_resize(h, w, 28, lo, hi);
         match (c.get("result"), c.get("error").and_then(Value::as_str)) {
             (Some(r), None) => {
                 let want = (r[0].as_u64().unwrap() as u32, r[1].as_u64().unwrap() as u32);
                 if want.0 == 0 || want.1 == 0 {
                     // qwen-vl-utils returns a zero side (PIL then fails); we report it.
-                    assert!(matches!(got, Err(ResizeError::Degenerate { .. })), "{c}: {got:?}");
+                    assert!(
+                        matches!(got, Err(ResizeError::Degenerate { .. })),
+                        "{c}: {got:?}"
+                    );
                     zero += 1;
                 } else {
                     assert_eq!(got, Ok(want), "case {c}");
@@ -47,17 +55,26 @@ fn smart_resize_matches_qwen_vl_utils() {
                 }
             }
             (None, Some("aspect")) => {
-                assert!(matches!(got, Err(ResizeError::AspectRatio { .. })), "{c}: {got:?}");
+                assert!(
+                    matches!(got, Err(ResizeError::AspectRatio { .. })),
+                    "{c}: {got:?}"
+                );
                 errors += 1;
             }
             (None, Some("min_gt_max")) => {
-                assert!(matches!(got, Err(ResizeError::MinAboveMax { .. })), "{c}: {got:?}");
+                assert!(
+                    matches!(got, Err(ResizeError::MinAboveMax { .. })),
+                    "{c}: {got:?}"
+                );
                 errors += 1;
             }
             other => panic!("bad fixture entry {c}: {other:?}"),
         }
     }
-    assert!(ok >= 300 && errors > 10 && zero > 0, "ok {ok} errors {errors} zero {zero}");
+    assert!(
+        ok >= 300 && errors > 10 && zero > 0,
+        "ok {ok} errors {errors} zero {zero}"
+    );
 }
 
 fn real_tokenizer() -> tokenizers::Tokenizer {
@@ -96,15 +113,29 @@ fn template_and_tokenizer_match_transformers() {
             .map(|g| [0, 1, 2].map(|k| g[k].as_u64().unwrap() as usize))
             .collect();
         // SWIFT's missing-tag rule, as `rows::parse_row` applies it.
-        let tags: usize = messages.iter().map(|m| m.content.matches("<image>").count()).sum();
+        let tags: usize = messages
+            .iter()
+            .map(|m| m.content.matches("<image>").count())
+            .sum();
         let first_user = messages.iter_mut().find(|m| m.role == Role::User).unwrap();
         first_user.content = "<image>".repeat(grids.len() - tags) + &first_user.content;
-        let system = s.get("system").and_then(Value::as_str).unwrap_or("You are a helpful assistant.");
+        let system = s
+            .get("system")
+            .and_then(Value::as_str)
+            .unwrap_or("You are a helpful assistant.");
         let prompt = render_prompt(&messages, system, &grids, 2);
-        assert_eq!(prompt, s["text"].as_str().unwrap(), "sample {i}: rendered text differs");
+        assert_eq!(
+            prompt,
+            s["text"].as_str().unwrap(),
+            "sample {i}: rendered text differs"
+        );
         let ids = encode_prompt(&tok, &prompt).unwrap();
-        let want: Vec<u32> =
-            s["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = s["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(ids, want, "sample {i}: token ids differ");
     }
 }
@@ -115,11 +146,15 @@ fn load_png(name: &str) -> image::RgbImage {
 
 fn max_abs_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
     assert_eq!(a.dimensions(), b.dimensions());
-    a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y)).max().unwrap()
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap()
 }
 
-/// Pillow 13's BICUBIC resize is reproduced exactly.
-const RESIZE_TOLERANCE: u8 = 0;
+/// Pillow 13's BICUBIC resize is reproduced exactly: tolerance 0 (max abs difference).
 
 #[test]
 fn resize_matches_pillow_bicubic() {
@@ -130,17 +165,30 @@ fn resize_matches_pillow_bicubic() {
     for r in resizes {
         let src = load_png(r["source"].as_str().unwrap());
         let want = load_png(r["output"].as_str().unwrap());
-        let (w, h) = (r["width"].as_u64().unwrap() as u32, r["height"].as_u64().unwrap() as u32);
+        let (w, h) = (
+            r["width"].as_u64().unwrap() as u32,
+            r["height"].as_u64().unwrap() as u32,
+        );
         let got = resize_bicubic(&src, w, h);
         let d = max_abs_diff(&got, &want);
-        assert!(d <= RESIZE_TOLERANCE, "{r}: max abs diff {d}");
+        assert_eq!(d, 0, "{r}: max abs diff {d}");
         // The fixture records which pass Pillow ran first; ours must be the same.
-        let ours = if vertical_first(src.width(), src.height(), w, h) { "VH" } else { "HV" };
+        let ours = if vertical_first(src.width(), src.height(), w, h) {
+            "VH"
+        } else {
+            "HV"
+        };
         let pillow = r["pillow_order"].as_str().unwrap();
-        assert!(pillow == ours || pillow == "either", "{r}: our order {ours}");
+        assert!(
+            pillow == ours || pillow == "either",
+            "{r}: our order {ours}"
+        );
         vh += usize::from(pillow == "VH");
     }
-    assert!(vh >= 3, "the fixture must exercise the vertical-first order");
+    assert!(
+        vh >= 3,
+        "the fixture must exercise the vertical-first order"
+    );
     // For scale: the `image` crate's CatmullRom (same kernel, float, no 8-bit intermediate)
     // is *not* exact, which is why resample.rs exists.
     let src = load_png("noise.png");
@@ -166,7 +214,10 @@ fn decoding_matches_pil_convert_rgb() {
     let want = load_png(fx["jpeg"]["pil_decoded"].as_str().unwrap());
     let d = max_abs_diff(&got, &want);
     eprintln!("JPEG decode max abs diff vs PIL: {d}");
-    assert!(d <= JPEG_DECODE_TOLERANCE, "JPEG decode differs from PIL by {d}");
+    assert!(
+        d <= JPEG_DECODE_TOLERANCE,
+        "JPEG decode differs from PIL by {d}"
+    );
 }
 
 #[test]
@@ -182,8 +233,18 @@ fn model_dir_tokenizer_loads_with_qwen_special_ids() {
     let tok = load_tokenizer(&ModelSource::Path(dir.path().to_path_buf())).unwrap();
     let sp = SpecialTokens::from_tokenizer(&tok).unwrap();
     assert_eq!(
-        [sp.pad, sp.im_start, sp.im_end, sp.vision_start, sp.vision_end, sp.image_pad, sp.video_pad],
-        [151_643, 151_644, 151_645, 151_652, 151_653, 151_655, 151_656]
+        [
+            sp.pad,
+            sp.im_start,
+            sp.im_end,
+            sp.vision_start,
+            sp.vision_end,
+            sp.image_pad,
+            sp.video_pad
+        ],
+        [
+            151_643, 151_644, 151_645, 151_652, 151_653, 151_655, 151_656
+        ]
     );
     // The split regex's lookahead `\s+(?!\S)`: "a  b" → "a", " ", " b" (as transformers).
     let ids = tok.encode("a  b", false).unwrap().get_ids().to_vec();

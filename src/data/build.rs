@@ -119,9 +119,12 @@ pub fn resolve(sources: &[SplitSource], labels: &LabelSpec) -> Result<ResolvedDa
                 .images
                 .iter()
                 .map(|written| {
-                    let path = resolve_image(written, dir).map_err(|tried| {
-                        DataError::ImageMissing { loc: row.loc.clone(), path: written.clone(), tried }
-                    })?;
+                    let path =
+                        resolve_image(written, dir).map_err(|tried| DataError::ImageMissing {
+                            loc: row.loc.clone(),
+                            path: written.clone(),
+                            tried,
+                        })?;
                     Ok(*seen.entry(path.clone()).or_insert_with(|| {
                         images.push((path, row.loc.clone()));
                         images.len() - 1
@@ -130,7 +133,11 @@ pub fn resolve(sources: &[SplitSource], labels: &LabelSpec) -> Result<ResolvedDa
                 .collect::<Result<Vec<_>, DataError>>()?;
             image_ids.push(ids);
         }
-        splits.push(ResolvedSplit { source: source.clone(), rows, image_ids });
+        splits.push(ResolvedSplit {
+            source: source.clone(),
+            rows,
+            image_ids,
+        });
     }
     Ok(ResolvedDataset { splits, images })
 }
@@ -146,7 +153,11 @@ pub struct ProcessedImage {
 
 impl ProcessedImage {
     pub fn grid_thw(&self) -> [usize; 3] {
-        [1, (self.new_hw[0] / PATCH_SIZE) as usize, (self.new_hw[1] / PATCH_SIZE) as usize]
+        [
+            1,
+            (self.new_hw[0] / PATCH_SIZE) as usize,
+            (self.new_hw[1] / PATCH_SIZE) as usize,
+        ]
     }
 }
 
@@ -167,9 +178,14 @@ pub fn load_resized(
         message,
     })?;
     let (w, h) = rgb.dimensions();
-    let (nh, nw) = smart_resize(h, w, IMAGE_FACTOR, opts.min_pixels, opts.max_pixels).map_err(
-        |source| DataError::ImageSize { loc: loc.clone(), path: path.to_path_buf(), source },
-    )?;
+    let (nh, nw) =
+        smart_resize(h, w, IMAGE_FACTOR, opts.min_pixels, opts.max_pixels).map_err(|source| {
+            DataError::ImageSize {
+                loc: loc.clone(),
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     Ok((resize_bicubic(&rgb, nw, nh), [h, w]))
 }
 
@@ -183,15 +199,24 @@ fn process_image(
     let (resized, orig_hw) = load_resized(path, loc, opts)?;
     let file = format!("images/{index:06}.png");
     let dest = out_dir.join(&file);
-    let write_err = |message: String| DataError::Write { path: dest.clone(), message };
+    let write_err = |message: String| DataError::Write {
+        path: dest.clone(),
+        message,
+    };
     let f = std::fs::File::create(&dest).map_err(|e| write_err(e.to_string()))?;
     let encoder = image::codecs::png::PngEncoder::new_with_quality(
         std::io::BufWriter::new(f),
         image::codecs::png::CompressionType::Fast,
-        image::codecs::png::FilterType::Adaptive,
+        image::codecs::png::FilterType::Sub,
     );
-    resized.write_with_encoder(encoder).map_err(|e| write_err(e.to_string()))?;
-    Ok(ProcessedImage { file, orig_hw, new_hw: [resized.height(), resized.width()] })
+    resized
+        .write_with_encoder(encoder)
+        .map_err(|e| write_err(e.to_string()))?;
+    Ok(ProcessedImage {
+        file,
+        orig_hw,
+        new_hw: [resized.height(), resized.width()],
+    })
 }
 
 /// Process all distinct images in parallel into `out_dir/images/`.
@@ -202,8 +227,10 @@ pub fn process_images(
     progress: &ProgressBar,
 ) -> Result<Vec<ProcessedImage>, DataError> {
     let dir = out_dir.join("images");
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| DataError::Write { path: dir.clone(), message: e.to_string() })?;
+    std::fs::create_dir_all(&dir).map_err(|e| DataError::Write {
+        path: dir.clone(),
+        message: e.to_string(),
+    })?;
     let results: Vec<Result<ProcessedImage, DataError>> = images
         .par_iter()
         .enumerate()
@@ -240,8 +267,11 @@ pub fn tokenize_split(
         .map(|(row, ids)| {
             let grids: Vec<[usize; 3]> = ids.iter().map(|&i| images[i].grid_thw()).collect();
             let prompt = render_prompt(&row.messages, &opts.system, &grids, MERGE_SIZE as usize);
-            let input_ids = encode_prompt(tokenizer, &prompt)
-                .map_err(|message| DataError::Tokenize { loc: row.loc.clone(), message })?;
+            let input_ids =
+                encode_prompt(tokenizer, &prompt).map_err(|message| DataError::Tokenize {
+                    loc: row.loc.clone(),
+                    message,
+                })?;
             let images = ids
                 .iter()
                 .zip(&row.images)
@@ -252,7 +282,12 @@ pub fn tokenize_split(
                     grid_thw: images[i].grid_thw(),
                 })
                 .collect();
-            Ok(Record { index: row.loc.row, input_ids, label: row.label.clone(), images })
+            Ok(Record {
+                index: row.loc.row,
+                input_ids,
+                label: row.label.clone(),
+                images,
+            })
         })
         .collect::<Result<_, DataError>>()?;
     let too_long: Vec<(usize, usize)> = records
@@ -268,8 +303,16 @@ pub fn tokenize_split(
         });
     }
     let rows_in_file = records.len();
-    let records = records.into_iter().filter(|r| r.input_ids.len() <= opts.max_length).collect();
-    Ok(BuiltSplit { source: split.source.clone(), rows_in_file, records, deleted: too_long })
+    let records = records
+        .into_iter()
+        .filter(|r| r.input_ids.len() <= opts.max_length)
+        .collect();
+    Ok(BuiltSplit {
+        source: split.source.clone(),
+        rows_in_file,
+        records,
+        deleted: too_long,
+    })
 }
 
 /// Build the whole entry into `out_dir` and return its statistics (also written to
@@ -309,16 +352,24 @@ pub fn build_dataset(
         );
         splits.insert(built.source.split.clone(), stats);
     }
-    let stats = DatasetStats { splits, images: image_stats };
+    let stats = DatasetStats {
+        splits,
+        images: image_stats,
+    };
     let path = out_dir.join("stats.json");
     let json = serde_json::to_string_pretty(&stats).expect("stats serialize");
-    std::fs::write(&path, json + "\n")
-        .map_err(|e| DataError::Write { path, message: e.to_string() })?;
+    std::fs::write(&path, json + "\n").map_err(|e| DataError::Write {
+        path,
+        message: e.to_string(),
+    })?;
     Ok(stats)
 }
 
 fn write_records(path: &Path, records: &[Record]) -> Result<(), DataError> {
-    let err = |e: std::io::Error| DataError::Write { path: path.to_path_buf(), message: e.to_string() };
+    let err = |e: std::io::Error| DataError::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
     let mut w = std::io::BufWriter::new(std::fs::File::create(path).map_err(err)?);
     for r in records {
         serde_json::to_writer(&mut w, r).map_err(|e| err(e.into()))?;

@@ -28,9 +28,16 @@ pub enum DataError {
     #[error("dataset file {} not found", .0.display())]
     MissingFile(PathBuf),
     #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}:{line}: malformed JSON: {message}", path.display())]
-    Json { path: PathBuf, line: usize, message: String },
+    Json {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("{} has no rows", .0.display())]
     Empty(PathBuf),
     #[error("{loc}: {message}")]
@@ -38,15 +45,35 @@ pub enum DataError {
     #[error("{loc}: row has no `messages` (a list of {{\"role\", \"content\"}} objects)")]
     MissingMessages { loc: RowLoc },
     #[error("{loc}: label {value} is outside 0..{num_labels} (num_labels = {num_labels})")]
-    LabelRange { loc: RowLoc, value: String, num_labels: usize },
+    LabelRange {
+        loc: RowLoc,
+        value: String,
+        num_labels: usize,
+    },
     #[error("{loc}: {tags} <image> tags but only {images} images")]
-    TooManyTags { loc: RowLoc, tags: usize, images: usize },
+    TooManyTags {
+        loc: RowLoc,
+        tags: usize,
+        images: usize,
+    },
     #[error("{loc}: image {path:?} not found (looked in {})", tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
-    ImageMissing { loc: RowLoc, path: String, tried: Vec<PathBuf> },
+    ImageMissing {
+        loc: RowLoc,
+        path: String,
+        tried: Vec<PathBuf>,
+    },
     #[error("{loc}: cannot decode image {}: {message}", path.display())]
-    ImageDecode { loc: RowLoc, path: PathBuf, message: String },
+    ImageDecode {
+        loc: RowLoc,
+        path: PathBuf,
+        message: String,
+    },
     #[error("{loc}: image {}: {source}", path.display())]
-    ImageSize { loc: RowLoc, path: PathBuf, source: ResizeError },
+    ImageSize {
+        loc: RowLoc,
+        path: PathBuf,
+        source: ResizeError,
+    },
     #[error("{loc}: cannot tokenize: {message}")]
     Tokenize { loc: RowLoc, message: String },
     #[error(
@@ -54,7 +81,11 @@ pub enum DataError {
          max_length or set truncation_strategy = \"delete\" to drop them",
         file.display(), rows.len(), list_rows(rows), if rows.len() > 20 { ", ..." } else { "" }
     )]
-    TooLong { file: PathBuf, max_length: usize, rows: Vec<(usize, usize)> },
+    TooLong {
+        file: PathBuf,
+        max_length: usize,
+        rows: Vec<(usize, usize)>,
+    },
     #[error("invalid dataset parameter: {0}")]
     Param(String),
     /// Writing artifacts failed (not an input problem).

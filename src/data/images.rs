@@ -22,10 +22,16 @@ pub fn resolve_image(written: &str, dataset_dir: &Path) -> Result<PathBuf, Vec<P
     let candidates = if p.is_absolute() {
         vec![p.to_path_buf()]
     } else {
-        let cwd = std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf());
+        let cwd = std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf());
         vec![dataset_dir.join(p), cwd]
     };
-    candidates.iter().find(|c| c.is_file()).cloned().ok_or(candidates)
+    candidates
+        .iter()
+        .find(|c| c.is_file())
+        .cloned()
+        .ok_or(candidates)
 }
 
 /// Decode image bytes (format sniffed from the content) and convert to 8-bit RGB as
@@ -41,18 +47,23 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, String> {
 
 fn to_rgb_like_pil(img: DynamicImage) -> RgbImage {
     let (w, h) = (img.width(), img.height());
-    let from_fn = |f: &dyn Fn(u32, u32) -> [u8; 3]| {
-        RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)))
-    };
+    let from_fn =
+        |f: &dyn Fn(u32, u32) -> [u8; 3]| RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)));
     match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
-        DynamicImage::ImageRgb16(im) => from_fn(&|x, y| im.get_pixel(x, y).0.map(|v| (v >> 8) as u8)),
+        DynamicImage::ImageRgb16(im) => {
+            from_fn(&|x, y| im.get_pixel(x, y).0.map(|v| (v >> 8) as u8))
+        }
         DynamicImage::ImageRgba16(im) => from_fn(&|x, y| {
             let p = im.get_pixel(x, y).0;
             [p[0], p[1], p[2]].map(|v| (v >> 8) as u8)
         }),
-        DynamicImage::ImageLuma16(im) => from_fn(&|x, y| [im.get_pixel(x, y).0[0].min(255) as u8; 3]),
-        DynamicImage::ImageLumaA16(im) => from_fn(&|x, y| [(im.get_pixel(x, y).0[0] >> 8) as u8; 3]),
+        DynamicImage::ImageLuma16(im) => {
+            from_fn(&|x, y| [im.get_pixel(x, y).0[0].min(255) as u8; 3])
+        }
+        DynamicImage::ImageLumaA16(im) => {
+            from_fn(&|x, y| [(im.get_pixel(x, y).0[0] >> 8) as u8; 3])
+        }
         // 8-bit gray, gray+alpha, RGBA: the `image` conversions replicate gray and drop
         // alpha without compositing, as PIL does.
         other => other.to_rgb8(),
@@ -69,11 +80,30 @@ mod tests {
         let rgb = to_rgb_like_pil(DynamicImage::ImageRgba8(rgba));
         assert_eq!(rgb.get_pixel(1, 0).0, [10, 20, 30]);
         let la = image::GrayAlphaImage::from_pixel(1, 1, image::LumaA([77, 5]));
-        assert_eq!(to_rgb_like_pil(DynamicImage::ImageLumaA8(la)).get_pixel(0, 0).0, [77; 3]);
+        assert_eq!(
+            to_rgb_like_pil(DynamicImage::ImageLumaA8(la))
+                .get_pixel(0, 0)
+                .0,
+            [77; 3]
+        );
         let g16 = image::ImageBuffer::<image::Luma<u16>, _>::from_pixel(1, 1, image::Luma([300]));
-        assert_eq!(to_rgb_like_pil(DynamicImage::ImageLuma16(g16)).get_pixel(0, 0).0, [255; 3]);
-        let c16 = image::ImageBuffer::<image::Rgb<u16>, _>::from_pixel(1, 1, image::Rgb([0x1234, 0xff00, 0x00ff]));
-        assert_eq!(to_rgb_like_pil(DynamicImage::ImageRgb16(c16)).get_pixel(0, 0).0, [0x12, 0xff, 0]);
+        assert_eq!(
+            to_rgb_like_pil(DynamicImage::ImageLuma16(g16))
+                .get_pixel(0, 0)
+                .0,
+            [255; 3]
+        );
+        let c16 = image::ImageBuffer::<image::Rgb<u16>, _>::from_pixel(
+            1,
+            1,
+            image::Rgb([0x1234, 0xff00, 0x00ff]),
+        );
+        assert_eq!(
+            to_rgb_like_pil(DynamicImage::ImageRgb16(c16))
+                .get_pixel(0, 0)
+                .0,
+            [0x12, 0xff, 0]
+        );
         assert!(decode_rgb(b"not an image").is_err());
     }
 
@@ -84,7 +114,10 @@ mod tests {
         std::fs::write(dir.join("a.png"), b"x").unwrap();
         assert_eq!(resolve_image("a.png", &dir), Ok(dir.join("a.png")));
         let abs = dir.join("a.png").display().to_string();
-        assert_eq!(resolve_image(&format!("file://{abs}"), Path::new("/")), Ok(dir.join("a.png")));
+        assert_eq!(
+            resolve_image(&format!("file://{abs}"), Path::new("/")),
+            Ok(dir.join("a.png"))
+        );
         let tried = resolve_image("missing.png", &dir).unwrap_err();
         assert_eq!(tried.len(), 2);
         assert_eq!(tried[0], dir.join("missing.png"));

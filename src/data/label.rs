@@ -20,8 +20,11 @@ pub enum ProblemType {
     Regression,
 }
 
-pub const PROBLEM_TYPES: [&str; 3] =
-    ["single_label_classification", "multi_label_classification", "regression"];
+pub const PROBLEM_TYPES: [&str; 3] = [
+    "single_label_classification",
+    "multi_label_classification",
+    "regression",
+];
 
 impl ProblemType {
     /// The explicit `problem_type`, else ms-swift's default for `num_labels`.
@@ -59,7 +62,9 @@ pub struct LabelSpec {
 fn as_index(v: &Value) -> Option<i64> {
     match v {
         Value::Number(n) => n.as_i64().or_else(|| {
-            n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e15).map(|f| f as i64)
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+                .map(|f| f as i64)
         }),
         _ => None,
     }
@@ -71,10 +76,16 @@ impl LabelSpec {
         let Some(value) = value.filter(|v| !v.is_null()) else {
             return Ok(None);
         };
-        let bad = |message: String| DataError::Row { loc: loc.clone(), message };
+        let bad = |message: String| DataError::Row {
+            loc: loc.clone(),
+            message,
+        };
         let class = |v: &Value| -> Result<usize, DataError> {
             let i = as_index(v).ok_or_else(|| {
-                bad(format!("label {v} is not a class index (an integer in 0..{})", self.num_labels))
+                bad(format!(
+                    "label {v} is not a class index (an integer in 0..{})",
+                    self.num_labels
+                ))
             })?;
             if i < 0 || i as usize >= self.num_labels {
                 return Err(DataError::LabelRange {
@@ -119,7 +130,9 @@ impl LabelSpec {
                         self.num_labels
                     )));
                 }
-                Ok(Some(Label::Values(items.iter().map(float).collect::<Result<_, _>>()?)))
+                Ok(Some(Label::Values(
+                    items.iter().map(float).collect::<Result<_, _>>()?,
+                )))
             }
             (_, other) => Err(bad(format!(
                 "label {other} does not fit problem_type {kind} (expected {})",
@@ -139,26 +152,51 @@ mod tests {
     use serde_json::json;
 
     fn loc() -> RowLoc {
-        RowLoc { file: "d.jsonl".into(), line: Some(3), row: 2 }
+        RowLoc {
+            file: "d.jsonl".into(),
+            line: Some(3),
+            row: 2,
+        }
     }
 
     fn spec(n: usize, p: Option<&str>) -> LabelSpec {
-        LabelSpec { num_labels: n, problem_type: ProblemType::resolve(p, n).unwrap() }
+        LabelSpec {
+            num_labels: n,
+            problem_type: ProblemType::resolve(p, n).unwrap(),
+        }
     }
 
     #[test]
     fn shapes_map_to_labels() {
         let s = spec(11, None);
-        assert_eq!(s.parse(Some(&json!(3)), &loc()).unwrap(), Some(Label::Class(3)));
-        assert_eq!(s.parse(Some(&json!(3.0)), &loc()).unwrap(), Some(Label::Class(3)));
+        assert_eq!(
+            s.parse(Some(&json!(3)), &loc()).unwrap(),
+            Some(Label::Class(3))
+        );
+        assert_eq!(
+            s.parse(Some(&json!(3.0)), &loc()).unwrap(),
+            Some(Label::Class(3))
+        );
         assert_eq!(s.parse(None, &loc()).unwrap(), None);
         assert_eq!(s.parse(Some(&json!(null)), &loc()).unwrap(), None);
         let r = spec(1, None);
-        assert_eq!(r.parse(Some(&json!(0.25)), &loc()).unwrap(), Some(Label::Values(vec![0.25])));
-        assert_eq!(r.parse(Some(&json!(2)), &loc()).unwrap(), Some(Label::Values(vec![2.0])));
+        assert_eq!(
+            r.parse(Some(&json!(0.25)), &loc()).unwrap(),
+            Some(Label::Values(vec![0.25]))
+        );
+        assert_eq!(
+            r.parse(Some(&json!(2)), &loc()).unwrap(),
+            Some(Label::Values(vec![2.0]))
+        );
         let m = spec(4, Some("multi_label_classification"));
-        assert_eq!(m.parse(Some(&json!([3, 1])), &loc()).unwrap(), Some(Label::Classes(vec![1, 3])));
-        assert_eq!(m.parse(Some(&json!([])), &loc()).unwrap(), Some(Label::Classes(vec![])));
+        assert_eq!(
+            m.parse(Some(&json!([3, 1])), &loc()).unwrap(),
+            Some(Label::Classes(vec![1, 3]))
+        );
+        assert_eq!(
+            m.parse(Some(&json!([])), &loc()).unwrap(),
+            Some(Label::Classes(vec![]))
+        );
         let v = spec(2, Some("regression"));
         assert_eq!(
             v.parse(Some(&json!([0.5, -1.0])), &loc()).unwrap(),
@@ -170,21 +208,34 @@ mod tests {
     fn bad_labels_say_what_is_wrong() {
         let s = spec(11, None);
         let e = s.parse(Some(&json!(11)), &loc()).unwrap_err().to_string();
-        assert_eq!(e, "d.jsonl:3 (row 2): label 11 is outside 0..11 (num_labels = 11)");
+        assert_eq!(
+            e,
+            "d.jsonl:3 (row 2): label 11 is outside 0..11 (num_labels = 11)"
+        );
         let e = s.parse(Some(&json!(-1)), &loc()).unwrap_err().to_string();
         assert!(e.contains("label -1 is outside 0..11"), "{e}");
         let e = s.parse(Some(&json!(2.5)), &loc()).unwrap_err().to_string();
         assert!(e.contains("not a class index"), "{e}");
-        let e = s.parse(Some(&json!([1, 2])), &loc()).unwrap_err().to_string();
-        assert!(e.contains("does not fit problem_type single_label_classification"), "{e}");
+        let e = s
+            .parse(Some(&json!([1, 2])), &loc())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("does not fit problem_type single_label_classification"),
+            "{e}"
+        );
         let e = spec(4, Some("multi_label_classification"))
             .parse(Some(&json!([1, 7])), &loc())
             .unwrap_err()
             .to_string();
         assert!(e.contains("label 7 is outside 0..4"), "{e}");
-        let e = spec(3, Some("regression")).parse(Some(&json!(0.5)), &loc()).unwrap_err();
+        let e = spec(3, Some("regression"))
+            .parse(Some(&json!(0.5)), &loc())
+            .unwrap_err();
         assert!(e.to_string().contains("num_labels = 3"), "{e}");
-        let e = ProblemType::resolve(Some("ranking"), 3).unwrap_err().to_string();
+        let e = ProblemType::resolve(Some("ranking"), 3)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("single_label_classification, multi_label_classification, regression"));
     }
 }

@@ -66,10 +66,17 @@ fn coefficients(in_size: usize, out_size: usize) -> Vec<Taps> {
                 .iter()
                 .map(|&w| {
                     let w = if total != 0.0 { w / total } else { w };
-                    if w < 0.0 { (-0.5 + w * one) as i32 } else { (0.5 + w * one) as i32 }
+                    if w < 0.0 {
+                        (-0.5 + w * one) as i32
+                    } else {
+                        (0.5 + w * one) as i32
+                    }
                 })
                 .collect();
-            Taps { start: xmin, weights }
+            Taps {
+                start: xmin,
+                weights,
+            }
         })
         .collect()
 }
@@ -117,7 +124,10 @@ fn horizontal(src: &RgbImage, out_w: usize) -> RgbImage {
     let taps = coefficients(in_w, out_w);
     let input = src.as_raw();
     let mut out = vec![0u8; out_w * h * 3];
-    for (row_in, row_out) in input.chunks_exact(in_w * 3).zip(out.chunks_exact_mut(out_w * 3)) {
+    for (row_in, row_out) in input
+        .chunks_exact(in_w * 3)
+        .zip(out.chunks_exact_mut(out_w * 3))
+    {
         for (t, px) in taps.iter().zip(row_out.chunks_exact_mut(3)) {
             let mut acc = [HALF; 3];
             let pixels = &row_in[t.start * 3..(t.start + t.weights.len()) * 3];
@@ -169,7 +179,10 @@ mod tests {
         for (n, m) in [(10, 3), (3, 10), (140, 112), (7, 7)] {
             for t in coefficients(n, m) {
                 let s: i32 = t.weights.iter().sum();
-                assert!((s - (1 << PRECISION_BITS)).abs() <= t.weights.len() as i32, "{s}");
+                assert!(
+                    (s - (1 << PRECISION_BITS)).abs() <= t.weights.len() as i32,
+                    "{s}"
+                );
                 assert!(t.start + t.weights.len() <= n);
             }
         }

@@ -56,14 +56,20 @@ pub fn read_rows(path: &Path, labels: &LabelSpec) -> Result<Vec<Row>, DataError>
     if !path.is_file() {
         return Err(DataError::MissingFile(path.to_path_buf()));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| DataError::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut rows = Vec::new();
     if text.trim_start().starts_with('[') {
         let values: Vec<Value> = serde_json::from_str(text).map_err(|e| json_error(path, 0, &e))?;
         for (row, value) in values.into_iter().enumerate() {
-            let loc = RowLoc { file: path.to_path_buf(), line: None, row };
+            let loc = RowLoc {
+                file: path.to_path_buf(),
+                line: None,
+                row,
+            };
             rows.push(parse_row(value, loc, labels)?);
         }
     } else {
@@ -72,7 +78,11 @@ pub fn read_rows(path: &Path, labels: &LabelSpec) -> Result<Vec<Row>, DataError>
                 continue;
             }
             let value: Value = serde_json::from_str(line).map_err(|e| json_error(path, i, &e))?;
-            let loc = RowLoc { file: path.to_path_buf(), line: Some(i + 1), row: rows.len() };
+            let loc = RowLoc {
+                file: path.to_path_buf(),
+                line: Some(i + 1),
+                row: rows.len(),
+            };
             rows.push(parse_row(value, loc, labels)?);
         }
     }
@@ -90,37 +100,76 @@ fn json_error(path: &Path, line_offset: usize, e: &serde_json::Error) -> DataErr
         Some(cut) => format!("{} (column {})", &full[..cut], e.column()),
         None => full,
     };
-    DataError::Json { path: path.to_path_buf(), line: line_offset + e.line().max(1), message }
+    DataError::Json {
+        path: path.to_path_buf(),
+        line: line_offset + e.line().max(1),
+        message,
+    }
 }
 
 fn parse_row(value: Value, loc: RowLoc, labels: &LabelSpec) -> Result<Row, DataError> {
-    let bad = |message: String| DataError::Row { loc: loc.clone(), message };
+    let bad = |message: String| DataError::Row {
+        loc: loc.clone(),
+        message,
+    };
     let Value::Object(obj) = value else {
-        return Err(bad(format!("row is not a JSON object but {}", kind_of(&value))));
+        return Err(bad(format!(
+            "row is not a JSON object but {}",
+            kind_of(&value)
+        )));
     };
     let mut messages = parse_messages(&obj, &loc)?;
     if let Some(system) = obj.get("system").filter(|v| !v.is_null()) {
         let Value::String(system) = system else {
-            return Err(bad(format!("`system` must be a string, got {}", kind_of(system))));
+            return Err(bad(format!(
+                "`system` must be a string, got {}",
+                kind_of(system)
+            )));
         };
         if messages.iter().any(|m| m.role == Role::System) {
-            return Err(bad("row has both a `system` key and a system message".into()));
+            return Err(bad(
+                "row has both a `system` key and a system message".into()
+            ));
         }
-        messages.insert(0, Message { role: Role::System, content: system.clone() });
+        messages.insert(
+            0,
+            Message {
+                role: Role::System,
+                content: system.clone(),
+            },
+        );
     }
     let images = parse_images(&obj, &loc)?;
-    let tags: usize = messages.iter().map(|m| m.content.matches(IMAGE_TAG).count()).sum();
+    let tags: usize = messages
+        .iter()
+        .map(|m| m.content.matches(IMAGE_TAG).count())
+        .sum();
     if tags > images.len() {
-        return Err(DataError::TooManyTags { loc, tags, images: images.len() });
+        return Err(DataError::TooManyTags {
+            loc,
+            tags,
+            images: images.len(),
+        });
     }
     if tags < images.len() {
-        let first_user = messages.iter_mut().find(|m| m.role == Role::User).ok_or_else(|| {
-            bad(format!("{} images need <image> tags but the row has no user message", images.len()))
-        })?;
+        let first_user = messages
+            .iter_mut()
+            .find(|m| m.role == Role::User)
+            .ok_or_else(|| {
+                bad(format!(
+                    "{} images need <image> tags but the row has no user message",
+                    images.len()
+                ))
+            })?;
         first_user.content = IMAGE_TAG.repeat(images.len() - tags) + &first_user.content;
     }
     let label = labels.parse(obj.get("label"), &loc)?;
-    Ok(Row { loc, messages, images, label })
+    Ok(Row {
+        loc,
+        messages,
+        images,
+        label,
+    })
 }
 
 fn kind_of(v: &Value) -> &'static str {
@@ -135,20 +184,31 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 fn parse_messages(obj: &Map<String, Value>, loc: &RowLoc) -> Result<Vec<Message>, DataError> {
-    let bad = |message: String| DataError::Row { loc: loc.clone(), message };
+    let bad = |message: String| DataError::Row {
+        loc: loc.clone(),
+        message,
+    };
     let list = match obj.get("messages") {
         None | Some(Value::Null) => return Err(DataError::MissingMessages { loc: loc.clone() }),
         Some(Value::Array(list)) if list.is_empty() => {
             return Err(bad("`messages` is empty".into()));
         }
         Some(Value::Array(list)) => list,
-        Some(other) => return Err(bad(format!("`messages` must be a list, got {}", kind_of(other)))),
+        Some(other) => {
+            return Err(bad(format!(
+                "`messages` must be a list, got {}",
+                kind_of(other)
+            )));
+        }
     };
     list.iter()
         .enumerate()
         .map(|(i, m)| {
             let Value::Object(m) = m else {
-                return Err(bad(format!("messages[{i}] must be an object, got {}", kind_of(m))));
+                return Err(bad(format!(
+                    "messages[{i}] must be an object, got {}",
+                    kind_of(m)
+                )));
             };
             let role = match m.get("role").and_then(Value::as_str) {
                 Some("system") => Role::System,
@@ -179,7 +239,10 @@ fn parse_messages(obj: &Map<String, Value>, loc: &RowLoc) -> Result<Vec<Message>
 /// `images` (list, or one string) or `image` (string or list); entries are paths or
 /// `{"path": ...}` objects (the HF datasets image feature).
 fn parse_images(obj: &Map<String, Value>, loc: &RowLoc) -> Result<Vec<String>, DataError> {
-    let bad = |message: String| DataError::Row { loc: loc.clone(), message };
+    let bad = |message: String| DataError::Row {
+        loc: loc.clone(),
+        message,
+    };
     let present = |k: &str| obj.get(k).filter(|v| !v.is_null());
     let (key, value) = match (present("images"), present("image")) {
         (Some(_), Some(_)) => return Err(bad("row has both `images` and `image`".into())),
@@ -192,9 +255,14 @@ fn parse_images(obj: &Map<String, Value>, loc: &RowLoc) -> Result<Vec<String>, D
             Value::String(s) if !s.is_empty() => Ok(s.clone()),
             Value::Object(o) => match o.get("path") {
                 Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-                _ => Err(bad(format!("{key}[{i}] is an object without a `path` string"))),
+                _ => Err(bad(format!(
+                    "{key}[{i}] is an object without a `path` string"
+                ))),
             },
-            other => Err(bad(format!("{key}[{i}] must be a path string, got {}", kind_of(other)))),
+            other => Err(bad(format!(
+                "{key}[{i}] must be a path string, got {}",
+                kind_of(other)
+            ))),
         }
     };
     match value {
@@ -209,29 +277,47 @@ mod tests {
     use crate::data::label::ProblemType;
 
     fn spec() -> LabelSpec {
-        LabelSpec { num_labels: 3, problem_type: ProblemType::SingleLabelClassification }
+        LabelSpec {
+            num_labels: 3,
+            problem_type: ProblemType::SingleLabelClassification,
+        }
     }
 
     fn row(json: &str) -> Result<Row, DataError> {
-        let loc = RowLoc { file: "t.jsonl".into(), line: Some(1), row: 0 };
+        let loc = RowLoc {
+            file: "t.jsonl".into(),
+            line: Some(1),
+            row: 0,
+        };
         parse_row(serde_json::from_str(json).unwrap(), loc, &spec())
     }
 
     #[test]
     fn missing_tags_are_prepended_to_the_first_user_message() {
-        let r = row(r#"{"messages":[{"role":"system","content":"s"},{"role":"user","content":"q <image>"}],
-            "images":["a.png","b.png","c.png"],"label":2}"#)
+        let r = row(
+            r#"{"messages":[{"role":"system","content":"s"},{"role":"user","content":"q <image>"}],
+            "images":["a.png","b.png","c.png"],"label":2}"#,
+        )
         .unwrap();
         assert_eq!(r.messages[1].content, "<image><image>q <image>");
         assert_eq!(r.images, ["a.png", "b.png", "c.png"]);
         assert_eq!(r.label, Some(Label::Class(2)));
         let r = row(r#"{"messages":[{"role":"user","content":"q"}],"image":"x.png"}"#).unwrap();
-        assert_eq!((r.messages[0].content.as_str(), r.images.len()), ("<image>q", 1));
+        assert_eq!(
+            (r.messages[0].content.as_str(), r.images.len()),
+            ("<image>q", 1)
+        );
         let r = row(r#"{"messages":[{"role":"user","content":"q"}],"images":[{"path":"p.jpg"}]}"#)
             .unwrap();
         assert_eq!(r.images, ["p.jpg"]);
         let r = row(r#"{"system":"S","messages":[{"role":"user","content":null}]}"#).unwrap();
-        assert_eq!(r.messages[0], Message { role: Role::System, content: "S".into() });
+        assert_eq!(
+            r.messages[0],
+            Message {
+                role: Role::System,
+                content: "S".into()
+            }
+        );
         assert_eq!(r.messages[1].content, "");
     }
 
@@ -246,12 +332,18 @@ mod tests {
             e(r#"{"messages":[{"role":"user","content":"<image><image>"}],"images":["a.png"]}"#),
             "t.jsonl:1 (row 0): 2 <image> tags but only 1 images"
         );
-        assert!(e(r#"{"messages":[{"role":"bot","content":""}]}"#).contains("system, user, assistant"));
+        assert!(
+            e(r#"{"messages":[{"role":"bot","content":""}]}"#).contains("system, user, assistant")
+        );
         assert!(e(r#"{"messages":[{"role":"user","content":[1]}]}"#).contains("must be a string"));
-        assert!(e(r#"{"messages":[{"role":"user","content":""}],"image":"a","images":["b"]}"#)
-            .contains("both `images` and `image`"));
+        assert!(
+            e(r#"{"messages":[{"role":"user","content":""}],"image":"a","images":["b"]}"#)
+                .contains("both `images` and `image`")
+        );
         assert!(e(r#"[1]"#).contains("not a JSON object"));
-        assert!(e(r#"{"messages":[{"role":"user","content":"x"}],"label":5}"#)
-            .contains("label 5 is outside 0..3"));
+        assert!(
+            e(r#"{"messages":[{"role":"user","content":"x"}],"label":5}"#)
+                .contains("label 5 is outside 0..3")
+        );
     }
 }

@@ -19,7 +19,9 @@ pub const MAX_ASPECT_RATIO: f64 = 200.0;
 pub enum ResizeError {
     #[error("max_pixels ({max_pixels}) must be >= min_pixels ({min_pixels})")]
     MinAboveMax { min_pixels: u64, max_pixels: u64 },
-    #[error("absolute aspect ratio must be at most {MAX_ASPECT_RATIO}, got {ratio} ({height}x{width})")]
+    #[error(
+        "absolute aspect ratio must be at most {MAX_ASPECT_RATIO}, got {ratio} ({height}x{width})"
+    )]
     AspectRatio { height: u32, width: u32, ratio: f64 },
     #[error("image of {height}x{width} has a zero side")]
     Empty { height: u32, width: u32 },
@@ -28,7 +30,13 @@ pub enum ResizeError {
         "{height}x{width} resizes to {new_height}x{new_width} with max_pixels {max_pixels}: \
          raise max_pixels or use a less elongated image"
     )]
-    Degenerate { height: u32, width: u32, new_height: u32, new_width: u32, max_pixels: u64 },
+    Degenerate {
+        height: u32,
+        width: u32,
+        new_height: u32,
+        new_width: u32,
+        max_pixels: u64,
+    },
 }
 
 /// Python's `round` (half to even) of `number / factor`, times factor.
@@ -56,14 +64,21 @@ pub fn smart_resize(
     max_pixels: u64,
 ) -> Result<(u32, u32), ResizeError> {
     if max_pixels < min_pixels {
-        return Err(ResizeError::MinAboveMax { min_pixels, max_pixels });
+        return Err(ResizeError::MinAboveMax {
+            min_pixels,
+            max_pixels,
+        });
     }
     if height == 0 || width == 0 {
         return Err(ResizeError::Empty { height, width });
     }
     let ratio = height.max(width) as f64 / height.min(width) as f64;
     if ratio > MAX_ASPECT_RATIO {
-        return Err(ResizeError::AspectRatio { height, width, ratio });
+        return Err(ResizeError::AspectRatio {
+            height,
+            width,
+            ratio,
+        });
     }
     let mut h_bar = factor.max(round_by_factor(height, factor));
     let mut w_bar = factor.max(round_by_factor(width, factor));

@@ -70,7 +70,9 @@ impl SplitStats {
         for r in kept {
             match &r.label {
                 Some(Label::Class(c)) => *labels.entry(*c).or_insert(0) += 1,
-                Some(Label::Classes(cs)) => cs.iter().for_each(|c| *labels.entry(*c).or_insert(0) += 1),
+                Some(Label::Classes(cs)) => {
+                    cs.iter().for_each(|c| *labels.entry(*c).or_insert(0) += 1)
+                }
                 Some(Label::Values(_)) => regression_rows += 1,
                 None => unlabeled_rows += 1,
             }
@@ -134,7 +136,11 @@ impl DatasetStats {
         for (name, st) in &self.splits {
             let l = st.token_length.as_ref();
             let f = |g: fn(&LengthStats) -> usize| l.map_or("-".into(), |l| g(l).to_string());
-            let labels = st.labels.iter().map(|(c, n)| format!("{c}:{n}")).collect::<Vec<_>>();
+            let labels = st
+                .labels
+                .iter()
+                .map(|(c, n)| format!("{c}:{n}"))
+                .collect::<Vec<_>>();
             let _ = writeln!(
                 s,
                 "{:<6} {:>6} {:>8} {:>7}  {:>5} {:>5} {:>5} {:>5} {:>5}  {}",

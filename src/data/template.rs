@@ -84,7 +84,10 @@ mod tests {
 
     #[test]
     fn renders_the_swift_seq_cls_prompt() {
-        let msgs = [Message { role: Role::User, content: "<image>What?".into() }];
+        let msgs = [Message {
+            role: Role::User,
+            content: "<image>What?".into(),
+        }];
         let p = render_prompt(&msgs, "You are a helpful assistant.", &[[1, 4, 2]], 2);
         assert_eq!(
             p,
@@ -93,9 +96,18 @@ mod tests {
              <|im_start|>assistant\n"
         );
         let msgs = [
-            Message { role: Role::System, content: "S".into() },
-            Message { role: Role::User, content: "a<image>b<image>".into() },
-            Message { role: Role::Assistant, content: "c".into() },
+            Message {
+                role: Role::System,
+                content: "S".into(),
+            },
+            Message {
+                role: Role::User,
+                content: "a<image>b<image>".into(),
+            },
+            Message {
+                role: Role::Assistant,
+                content: "c".into(),
+            },
         ];
         let p = render_prompt(&msgs, "unused", &[[1, 2, 2], [1, 2, 4]], 2);
         assert_eq!(

@@ -138,7 +138,9 @@ pub fn load_tokenizer(source: &ModelSource) -> Result<Tokenizer, TokenizerError>
 /// Load a `tokenizer.json` file.
 pub fn load_tokenizer_file(path: &Path) -> Result<Tokenizer, TokenizerError> {
     if !path.is_file() {
-        return Err(TokenizerError::Missing { path: path.to_path_buf() });
+        return Err(TokenizerError::Missing {
+            path: path.to_path_buf(),
+        });
     }
     Tokenizer::from_file(path).map_err(|e| TokenizerError::Load {
         path: path.to_path_buf(),
@@ -158,7 +160,10 @@ fn byte_to_char(b: u8) -> char {
 }
 
 /// Byte-level BPE without merges: byte `b` → id `b`; `specials` at ids `first_special..`.
-fn byte_level_tokenizer(specials: &[&str], first_special: u32) -> Result<Tokenizer, TokenizerError> {
+fn byte_level_tokenizer(
+    specials: &[&str],
+    first_special: u32,
+) -> Result<Tokenizer, TokenizerError> {
     let mut vocab = serde_json::Map::new();
     for b in 0..=255u8 {
         vocab.insert(byte_to_char(b).to_string(), json!(b));
@@ -169,8 +174,10 @@ fn byte_level_tokenizer(specials: &[&str], first_special: u32) -> Result<Tokeniz
     for (i, tok) in specials.iter().enumerate() {
         let id = first_special + i as u32;
         vocab.insert(tok.to_string(), json!(id));
-        added.push(json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": true}));
+        added.push(
+            json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true}),
+        );
     }
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false,
         "trim_offsets": false, "use_regex": false});
@@ -212,7 +219,8 @@ impl SpecialTokens {
     /// Look the special tokens up by their strings.
     pub fn from_tokenizer(tok: &Tokenizer) -> Result<Self, TokenizerError> {
         let id = |token: &'static str| {
-            tok.token_to_id(token).ok_or(TokenizerError::MissingSpecial { token })
+            tok.token_to_id(token)
+                .ok_or(TokenizerError::MissingSpecial { token })
         };
         Ok(Self {
             pad: id("<|endoftext|>")?,
@@ -251,14 +259,43 @@ mod tests {
         let expected: Vec<u32> = text.bytes().map(u32::from).collect();
         assert_eq!(ids(&tok, text), expected);
         assert_eq!(
-            ids(&tok, "<|im_start|>user\nx<|image_pad|><|image_pad|><|im_end|>"),
-            [TINY_IM_START, 117, 115, 101, 114, 10, 120, TINY_IMAGE_PAD, TINY_IMAGE_PAD, TINY_IM_END]
+            ids(
+                &tok,
+                "<|im_start|>user\nx<|image_pad|><|image_pad|><|im_end|>"
+            ),
+            [
+                TINY_IM_START,
+                117,
+                115,
+                101,
+                114,
+                10,
+                120,
+                TINY_IMAGE_PAD,
+                TINY_IMAGE_PAD,
+                TINY_IM_END
+            ]
         );
         let sp = SpecialTokens::from_tokenizer(&tok).unwrap();
         assert_eq!(
-            [sp.pad, sp.im_start, sp.im_end, sp.vision_start, sp.vision_end, sp.image_pad, sp.video_pad],
-            [TINY_PAD, TINY_IM_START, TINY_IM_END, TINY_VISION_START, TINY_VISION_END, TINY_IMAGE_PAD,
-             TINY_VIDEO_PAD]
+            [
+                sp.pad,
+                sp.im_start,
+                sp.im_end,
+                sp.vision_start,
+                sp.vision_end,
+                sp.image_pad,
+                sp.video_pad
+            ],
+            [
+                TINY_PAD,
+                TINY_IM_START,
+                TINY_IM_END,
+                TINY_VISION_START,
+                TINY_VISION_END,
+                TINY_IMAGE_PAD,
+                TINY_VIDEO_PAD
+            ]
         );
         assert!(tok.get_vocab_size(true) <= TINY_VOCAB_SIZE);
         let decoded = tok.decode(&ids(&tok, "round trip ✓"), true).unwrap();
@@ -283,9 +320,15 @@ mod tests {
     #[test]
     fn errors_name_the_problem() {
         let e = load_tokenizer(&ModelSource::Preset("qwen9".into())).unwrap_err();
-        assert!(e.to_string().contains("tiny, qwen2.5-vl-3b, qwen2.5-vl-7b"), "{e}");
+        assert!(
+            e.to_string().contains("tiny, qwen2.5-vl-3b, qwen2.5-vl-7b"),
+            "{e}"
+        );
         let e = load_tokenizer(&ModelSource::Path("/nonexistent/model".into())).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/model/tokenizer.json"), "{e}");
+        assert!(
+            e.to_string().contains("/nonexistent/model/tokenizer.json"),
+            "{e}"
+        );
         let bare = Tokenizer::from_bytes(
             r#"{"version":"1.0","added_tokens":[],"normalizer":null,"pre_tokenizer":null,
             "post_processor":null,"decoder":null,"truncation":null,"padding":null,

@@ -25,7 +25,11 @@ pub struct DatasetStage {
 }
 
 fn input_error(e: DataError) -> StageError {
-    if e.is_input() { StageError::Input(e.to_string()) } else { StageError::Failed(e.into()) }
+    if e.is_input() {
+        StageError::Input(e.to_string())
+    } else {
+        StageError::Failed(e.into())
+    }
 }
 
 /// The model source named by `[model]`: exactly one of `preset` and `path`.
@@ -33,9 +37,9 @@ pub fn model_source(common: &Common) -> Result<ModelSource, StageError> {
     match (&common.model.preset, &common.model.path) {
         (Some(p), None) => Ok(ModelSource::Preset(p.clone())),
         (None, Some(p)) => Ok(ModelSource::Path(PathBuf::from(p))),
-        (Some(_), Some(_)) => {
-            Err(StageError::Input("[model] has both `preset` and `path`; keep one".into()))
-        }
+        (Some(_), Some(_)) => Err(StageError::Input(
+            "[model] has both `preset` and `path`; keep one".into(),
+        )),
         (None, None) => Err(StageError::Input(
             "[model] needs `preset` (tiny, qwen2.5-vl-3b, qwen2.5-vl-7b) or `path`".into(),
         )),
@@ -48,10 +52,16 @@ impl DatasetStage {
     pub fn new(params: DatasetParams, common: &Common) -> Result<Self, StageError> {
         let mut sources = Vec::new();
         if let Some(p) = &params.dataset {
-            sources.push(SplitSource { split: "train".into(), path: PathBuf::from(p) });
+            sources.push(SplitSource {
+                split: "train".into(),
+                path: PathBuf::from(p),
+            });
         }
         if let Some(p) = &params.val_dataset {
-            sources.push(SplitSource { split: "val".into(), path: PathBuf::from(p) });
+            sources.push(SplitSource {
+                split: "val".into(),
+                path: PathBuf::from(p),
+            });
         }
         if sources.is_empty() {
             return Err(StageError::Input(
@@ -67,10 +77,17 @@ impl DatasetStage {
             max_length: params.max_length,
             truncation: Truncation::parse(&params.truncation_strategy).map_err(input_error)?,
             system: params.system.clone(),
-            labels: LabelSpec { num_labels, problem_type },
+            labels: LabelSpec {
+                num_labels,
+                problem_type,
+            },
         };
         opts.validate().map_err(input_error)?;
-        Ok(Self { sources, opts, model: model_source(common)? })
+        Ok(Self {
+            sources,
+            opts,
+            model: model_source(common)?,
+        })
     }
 
     /// What identifies the tokenizer besides its file's bytes (see `input_files`).
@@ -105,7 +122,10 @@ impl Stage for DatasetStage {
             ("min_pixels", json!(o.min_pixels)),
             ("num_labels", json!(o.labels.num_labels)),
             ("problem_type", json!(o.labels.problem_type.as_str())),
-            ("splits", json!(self.sources.iter().map(|s| &s.split).collect::<Vec<_>>())),
+            (
+                "splits",
+                json!(self.sources.iter().map(|s| &s.split).collect::<Vec<_>>()),
+            ),
             ("system", json!(o.system)),
             ("tokenizer", json!(self.tokenizer_identity())),
             ("truncation_strategy", json!(truncation)),
@@ -128,7 +148,9 @@ impl Stage for DatasetStage {
             load_tokenizer(&self.model).map_err(|e| StageError::Input(e.to_string()))?;
         SpecialTokens::from_tokenizer(&tokenizer).map_err(|e| StageError::Input(e.to_string()))?;
         let resolved = resolve(&self.sources, &self.opts.labels).map_err(input_error)?;
-        let bar = ctx.progress.add(ProgressBar::new(resolved.images.len() as u64));
+        let bar = ctx
+            .progress
+            .add(ProgressBar::new(resolved.images.len() as u64));
         bar.set_style(
             ProgressStyle::with_template(
                 "{prefix} [{bar:30}] {pos}/{len} images ({per_sec}, eta {eta})",
@@ -140,7 +162,9 @@ impl Stage for DatasetStage {
         let stats = build_dataset(&resolved, &self.opts, &tokenizer, ctx.out_dir, &bar);
         bar.finish_and_clear();
         let stats = stats.map_err(input_error)?;
-        let _ = ctx.progress.println(format!("dataset `{}`\n{}", ctx.name, stats.table()));
+        let _ = ctx
+            .progress
+            .println(format!("dataset `{}`\n{}", ctx.name, stats.table()));
         Ok(())
     }
 }
