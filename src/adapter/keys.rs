@@ -118,10 +118,10 @@ pub fn to_current(module: &str) -> Option<(String, KeyLayout)> {
         Some((module.to_string(), KeyLayout::Current))
     } else if let Some(r) = module.strip_prefix(OLD_VISUAL) {
         Some((format!("{NEW_VISUAL}{r}"), KeyLayout::Legacy))
-    } else if let Some(r) = module.strip_prefix(OLD_TEXT) {
-        Some((format!("{NEW_TEXT}{r}"), KeyLayout::Legacy))
     } else {
-        None
+        module
+            .strip_prefix(OLD_TEXT)
+            .map(|r| (format!("{NEW_TEXT}{r}"), KeyLayout::Legacy))
     }
 }
 

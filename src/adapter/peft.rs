@@ -372,7 +372,7 @@ pub fn read_peft_adapter(dir: &Path) -> Result<PeftAdapter, AdapterError> {
             }
         }
     }
-    modules.sort_by(|x, y| natural_key(&x.module).cmp(&natural_key(&y.module)));
+    modules.sort_by_key(|p| natural_key(&p.module));
     Ok(PeftAdapter {
         dir: dir.to_path_buf(),
         config,

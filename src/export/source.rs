@@ -8,25 +8,13 @@ use burn::tensor::DType;
 use serde_json::Value;
 
 use crate::experiment::schema::ModelSpec;
-use crate::model::WeightsSource;
+use crate::model::ModelSource;
 use crate::model::presets::{preset_config, to_hf_json};
 
 /// The train stage's final adapter directory and its "best checkpoint" pointer file
 /// (`train::outputs`).
 pub const TRAIN_ADAPTER_DIR: &str = "adapter";
 pub const TRAIN_BEST_FILE: &str = "best";
-
-/// `[model]` as a weights source (exactly one of `preset`, `path`).
-pub fn weights_source(model: &ModelSpec) -> Result<WeightsSource<'_>, String> {
-    match (&model.preset, &model.path) {
-        (Some(p), None) => Ok(WeightsSource::Preset(p)),
-        (None, Some(p)) => Ok(WeightsSource::Dir(Path::new(p))),
-        (Some(_), Some(_)) => Err("[model] has both `preset` and `path`; keep one".into()),
-        (None, None) => {
-            Err("[model] needs `preset` (tiny, qwen2.5-vl-3b, qwen2.5-vl-7b) or `path`".into())
-        }
-    }
-}
 
 /// What `base_model_name_or_path` records: the directory, or the preset name.
 pub fn base_model_name(model: &ModelSpec) -> String {
@@ -50,18 +38,44 @@ pub fn model_dtype(torch_dtype: &str) -> Result<(DType, &'static str), String> {
 
 /// The base model's config.json: the file of a `path` model, or the preset rendered in the
 /// hub layout.
-pub fn base_config(source: WeightsSource<'_>) -> Result<Value, String> {
+pub fn base_config(source: &ModelSource) -> Result<Value, String> {
     match source {
-        WeightsSource::Preset(name) => {
+        ModelSource::Preset(name) => {
             Ok(to_hf_json(&preset_config(name).map_err(|e| e.to_string())?))
         }
-        WeightsSource::Dir(dir) => {
+        ModelSource::Path(dir) => {
             let path = dir.join("config.json");
             let text =
                 std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             serde_json::from_str(&text)
                 .map_err(|e| format!("{}: invalid JSON: {e}", path.display()))
         }
+    }
+}
+
+/// Where a stage computes (until `backend` offers a shared resolver).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compute {
+    Cpu,
+    Cuda(usize),
+}
+
+/// `device` setting (`auto` | `cpu` | `cuda` | `cuda:N`), a scheduler pin winning.
+pub fn compute_device(setting: &str, pinned: Option<&str>) -> Result<Compute, String> {
+    let s = pinned.unwrap_or(setting);
+    match s {
+        "auto" => Ok(if Path::new("/proc/driver/nvidia/version").exists() {
+            Compute::Cuda(0)
+        } else {
+            Compute::Cpu
+        }),
+        "cpu" => Ok(Compute::Cpu),
+        "cuda" => Ok(Compute::Cuda(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Compute::Cuda)
+            .ok_or_else(|| format!("device {s:?} is not valid (valid: auto, cpu, cuda, cuda:N)")),
     }
 }
 
@@ -151,16 +165,18 @@ mod tests {
             torch_dtype: "float32".into(),
             device: "cpu".into(),
         };
-        assert!(matches!(
-            weights_source(&spec(Some("tiny"), None)),
-            Ok(WeightsSource::Preset("tiny"))
-        ));
-        assert!(weights_source(&spec(Some("tiny"), Some("/m"))).is_err());
-        assert!(weights_source(&spec(None, None)).is_err());
         assert_eq!(base_model_name(&spec(None, Some("/m"))), "/m");
-        let cfg = base_config(WeightsSource::Preset("tiny")).unwrap();
+        assert_eq!(base_model_name(&spec(Some("tiny"), None)), "tiny");
+        let cfg = base_config(&ModelSource::Preset("tiny".into())).unwrap();
         assert_eq!(cfg["model_type"], "qwen2_5_vl");
         assert_eq!(model_dtype("bfloat16").unwrap().1, "bfloat16");
         assert!(model_dtype("float16").is_err());
+        assert_eq!(compute_device("auto", Some("cuda:1")), Ok(Compute::Cuda(1)));
+        assert_eq!(compute_device("cpu", None), Ok(Compute::Cpu));
+        assert!(
+            compute_device("tpu", None)
+                .unwrap_err()
+                .contains("auto, cpu, cuda, cuda:N")
+        );
     }
 }

@@ -15,16 +15,20 @@ use serde_json::json;
 
 use crate::adapter::apply::apply_adapter;
 use crate::adapter::{AdapterConfig, PeftAdapter, read_peft_adapter, write_peft_adapter};
-use crate::backend::{ComputeDevice, CpuBackend, CudaBackend, resolve_device};
+use crate::backend::{CpuBackend, CudaBackend};
 use crate::experiment::schema::{Common, ExportParams};
 use crate::export::hf_config::HeadSpec;
 use crate::export::merged::{copy_processor_files, preprocessor_config, write_merged};
 use crate::export::output_dir::{check_writable, publish_copy};
 use crate::export::shards::DEFAULT_MAX_SHARD_BYTES;
-use crate::export::source::{base_config, base_model_name, model_dtype, train_adapter_dir, weights_source};
+use crate::export::source::{
+    Compute, base_config, base_model_name, compute_device, model_dtype, train_adapter_dir,
+};
 use crate::graph::{Stage, StageContext, StageError};
-use crate::model::{WeightsSource, load_classifier_from};
+use crate::model::tokenizer::{SpecialTokens, load_tokenizer};
+use crate::model::{ModelSource, load_classifier};
 use crate::report::scores::ProblemType;
+use crate::stages::dataset::model_source;
 
 pub struct ExportStage {
     params: ExportParams,
@@ -41,18 +45,30 @@ impl ExportStage {
     /// Validate the parameters (reads no weights).
     pub fn new(params: ExportParams, common: &Common) -> Result<Self, StageError> {
         if !["last", "best"].contains(&params.checkpoint.as_str()) {
-            return Err(input(format!("export: checkpoint {:?} is not one of last, best", params.checkpoint)));
+            return Err(input(format!(
+                "export: checkpoint {:?} is not one of last, best",
+                params.checkpoint
+            )));
         }
         if !params.peft && !params.merged {
-            return Err(input("export: nothing to export: `peft` and `merged` are both false"));
+            return Err(input(
+                "export: nothing to export: `peft` and `merged` are both false",
+            ));
         }
         if let Some(dir) = &params.output_dir {
             check_writable(Path::new(dir)).map_err(|e| input(e.to_string()))?;
         }
-        weights_source(&common.model).map_err(input)?;
+        model_source(common)?;
         model_dtype(&common.model.torch_dtype).map_err(input)?;
-        let problem = ProblemType::resolve(common.task.problem_type.as_deref(), common.task.num_labels).map_err(input)?;
-        Ok(Self { params, common: common.clone(), problem, max_shard_bytes: DEFAULT_MAX_SHARD_BYTES })
+        let problem =
+            ProblemType::resolve(common.task.problem_type.as_deref(), common.task.num_labels)
+                .map_err(input)?;
+        Ok(Self {
+            params,
+            common: common.clone(),
+            problem,
+            max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
+        })
     }
 
     /// Shard merged weights above this many bytes (transformers' default 5 GB).
@@ -61,7 +77,12 @@ impl ExportStage {
         self
     }
 
-    fn run_on<B: Backend>(&self, ctx: &StageContext, device: B::Device, dtype: DType) -> Result<(), StageError> {
+    fn run_on<B: Backend>(
+        &self,
+        ctx: &StageContext,
+        device: B::Device,
+        dtype: DType,
+    ) -> Result<(), StageError> {
         let train = ctx
             .upstream_of_kind("train")
             .ok_or_else(|| input(format!("export stage `{}` needs a train stage", ctx.name)))?;
@@ -76,7 +97,8 @@ impl ExportStage {
             written.push("peft/".into());
         }
         if self.params.merged {
-            let files = self.write_merged_dir::<B>(&ctx.out_dir.join("merged"), &adapter, device, dtype)?;
+            let files =
+                self.write_merged_dir::<B>(&ctx.out_dir.join("merged"), &adapter, device, dtype)?;
             written.extend(files.into_iter().map(|f| format!("merged/{f}")));
         }
         let summary = json!({
@@ -90,14 +112,23 @@ impl ExportStage {
             "files": written,
         });
         let path = ctx.out_dir.join("export.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("JSON values serialize") + "\n")
-            .map_err(|e| StageError::Failed(anyhow::anyhow!("{}: {e}", path.display())))?;
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&summary).expect("JSON values serialize") + "\n",
+        )
+        .map_err(|e| StageError::Failed(anyhow::anyhow!("{}: {e}", path.display())))?;
         if let Some(dest) = &self.params.output_dir {
             let marker = format!("pipeline export stage `{}` key {}\n", ctx.name, ctx.key);
-            publish_copy(ctx.out_dir, Path::new(dest), &marker).map_err(|e| input(e.to_string()))?;
+            publish_copy(ctx.out_dir, Path::new(dest), &marker)
+                .map_err(|e| input(e.to_string()))?;
             say(format!("[{}] copied to {dest}", ctx.name));
         }
-        say(format!("[{}] exported {} LoRA modules from {}", ctx.name, adapter.modules.len(), adapter_dir.display()));
+        say(format!(
+            "[{}] exported {} LoRA modules from {}",
+            ctx.name,
+            adapter.modules.len(),
+            adapter_dir.display()
+        ));
         Ok(())
     }
 
@@ -113,7 +144,8 @@ impl ExportStage {
             &names,
             &base_model_name(&self.common.model),
         );
-        write_peft_adapter(dir, &config, &adapter.modules, adapter.score.as_ref()).map_err(|e| StageError::Failed(e.into()))
+        write_peft_adapter(dir, &config, &adapter.modules, adapter.score.as_ref())
+            .map_err(|e| StageError::Failed(e.into()))
     }
 
     /// Base + adapter folded, config, tokenizer and preprocessor files. Returns file names.
@@ -124,14 +156,21 @@ impl ExportStage {
         device: B::Device,
         dtype: DType,
     ) -> Result<Vec<String>, StageError> {
-        let source = weights_source(&self.common.model).map_err(input)?;
+        let source = model_source(&self.common)?;
         let task = &self.common.task;
-        let model = load_classifier_from::<B>(source, task.num_labels, dtype, self.common.seed, &device)
-            .map_err(|e| input(e.to_string()))?;
+        let model =
+            load_classifier::<B>(&source, task.num_labels, dtype, self.common.seed, &device)
+                .map_err(|e| input(e.to_string()))?;
         let model = apply_adapter(model, adapter).map_err(|e| input(e.to_string()))?;
-        let tokenizer = crate::model::tokenizer::load_tokenizer(&model_source(source)).map_err(|e| input(e.to_string()))?;
-        let pad = tokenizer.token_to_id("<|endoftext|>").unwrap_or(0);
-        let dtype_name = if dtype == DType::BF16 { "bfloat16" } else { "float32" };
+        let tokenizer = load_tokenizer(&source).map_err(|e| input(e.to_string()))?;
+        let pad = SpecialTokens::from_tokenizer(&tokenizer)
+            .map_err(|e| input(e.to_string()))?
+            .pad;
+        let dtype_name = if dtype == DType::BF16 {
+            "bfloat16"
+        } else {
+            "float32"
+        };
         let head = HeadSpec {
             num_labels: task.num_labels,
             problem_type: self.problem.as_str(),
@@ -139,12 +178,13 @@ impl ExportStage {
             pad_token_id: pad,
             torch_dtype: dtype_name,
         };
-        let base = base_config(source).map_err(input)?;
+        let base = base_config(&source).map_err(input)?;
         let failed = |e: crate::export::ExportError| StageError::Failed(e.into());
-        let mut files = write_merged(dir, &model, &base, &head, self.max_shard_bytes).map_err(failed)?;
-        match source {
-            WeightsSource::Dir(src) => files.extend(copy_processor_files(src, dir).map_err(failed)?),
-            WeightsSource::Preset(_) => {
+        let mut files =
+            write_merged(dir, &model, &base, &head, self.max_shard_bytes).map_err(failed)?;
+        match &source {
+            ModelSource::Path(src) => files.extend(copy_processor_files(src, dir).map_err(failed)?),
+            ModelSource::Preset(_) => {
                 // A preset ships no files: write its built-in tokenizer and a processor config.
                 let path = dir.join("tokenizer.json");
                 tokenizer
@@ -153,23 +193,28 @@ impl ExportStage {
                 let tok_cfg = json!({"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<|endoftext|>",
                                      "eos_token": "<|im_end|>", "model_max_length": 32768});
                 let pre = preprocessor_config(&model.config().vision, 3136, 12_845_056);
-                for (name, value) in [("tokenizer_config.json", tok_cfg), ("preprocessor_config.json", pre)] {
+                for (name, value) in [
+                    ("tokenizer_config.json", tok_cfg),
+                    ("preprocessor_config.json", pre),
+                ] {
                     let path = dir.join(name);
-                    std::fs::write(&path, serde_json::to_string_pretty(&value).expect("JSON values serialize") + "\n")
-                        .map_err(|e| StageError::Failed(anyhow::anyhow!("{}: {e}", path.display())))?;
+                    std::fs::write(
+                        &path,
+                        serde_json::to_string_pretty(&value).expect("JSON values serialize") + "\n",
+                    )
+                    .map_err(|e| StageError::Failed(anyhow::anyhow!("{}: {e}", path.display())))?;
                 }
-                files.extend(["tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"].map(String::from));
+                files.extend(
+                    [
+                        "tokenizer.json",
+                        "tokenizer_config.json",
+                        "preprocessor_config.json",
+                    ]
+                    .map(String::from),
+                );
             }
         }
         Ok(files)
-    }
-}
-
-/// The tokenizer module's name for a weights source.
-pub fn model_source(source: WeightsSource<'_>) -> crate::model::tokenizer::ModelSource {
-    match source {
-        WeightsSource::Preset(p) => crate::model::tokenizer::ModelSource::Preset(p.to_string()),
-        WeightsSource::Dir(d) => crate::model::tokenizer::ModelSource::Path(d.to_path_buf()),
     }
 }
 
@@ -206,10 +251,17 @@ impl Stage for ExportStage {
 
     /// The base weights, config and the tokenizer/processor files copied into `merged/`.
     fn input_files(&self) -> Result<Vec<PathBuf>, StageError> {
-        let Some(dir) = &self.common.model.path else { return Ok(Vec::new()) };
+        let Some(dir) = &self.common.model.path else {
+            return Ok(Vec::new());
+        };
         let dir = Path::new(dir);
         let mut files = model_weight_files(dir).map_err(input)?;
-        files.extend(crate::export::merged::PROCESSOR_FILES.iter().map(|n| dir.join(n)).filter(|p| p.is_file()));
+        files.extend(
+            crate::export::merged::PROCESSOR_FILES
+                .iter()
+                .map(|n| dir.join(n))
+                .filter(|p| p.is_file()),
+        );
         Ok(files)
     }
 
@@ -219,9 +271,11 @@ impl Stage for ExportStage {
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let (dtype, _) = model_dtype(&self.common.model.torch_dtype).map_err(input)?;
-        match resolve_device(&self.common.model.device, ctx.device).map_err(input)? {
-            ComputeDevice::Cpu => self.run_on::<CpuBackend>(ctx, Default::default(), dtype),
-            ComputeDevice::Cuda(i) => self.run_on::<CudaBackend>(ctx, burn::backend::cuda::CudaDevice::new(i), dtype),
+        match compute_device(&self.common.model.device, ctx.device).map_err(input)? {
+            Compute::Cpu => self.run_on::<CpuBackend>(ctx, Default::default(), dtype),
+            Compute::Cuda(i) => {
+                self.run_on::<CudaBackend>(ctx, burn::backend::cuda::CudaDevice::new(i), dtype)
+            }
         }
     }
 }
@@ -229,12 +283,16 @@ impl Stage for ExportStage {
 /// `config.json` and the safetensors files (+ index) of a model directory.
 pub fn model_weight_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let mut files = vec![dir.join("config.json")];
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("[model] path {}: {e}", dir.display()))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("[model] path {}: {e}", dir.display()))?;
     let mut weights: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             name.ends_with(".safetensors") || name == "model.safetensors.index.json"
         })
         .collect();

@@ -1,2 +1,4 @@
 //! placeholder
 pub mod dataset;
+pub mod export;
+pub mod score;

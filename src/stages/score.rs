@@ -20,19 +20,21 @@ use serde_json::{Value, json};
 
 use crate::adapter::apply::apply_adapter;
 use crate::adapter::read_peft_adapter;
-use crate::backend::{ComputeDevice, CpuBackend, CudaBackend, resolve_device};
+use crate::backend::{CpuBackend, CudaBackend};
 use crate::data::record::{Record, load_split};
 use crate::experiment::schema::{Common, ScoreParams};
-use crate::export::source::{model_dtype, train_adapter_dir, weights_source};
+use crate::export::source::{Compute, compute_device, model_dtype, train_adapter_dir};
 use crate::graph::{Stage, StageContext, StageError};
 use crate::model::inputs::{PaddingSide, SampleInputs, collate};
 use crate::model::processor::pixel_rows;
-use crate::model::{SeqClassifier, WeightsSource, load_classifier_from};
+use crate::model::tokenizer::{SpecialTokens, load_tokenizer};
+use crate::model::{ModelSource, SeqClassifier, load_classifier};
 use crate::report::confusion::render_confusion;
 use crate::report::metrics::Metrics;
 use crate::report::scores::{ProblemType, ScoreLine, score_line, split_metrics, write_scores};
 use crate::report::table::metrics_table;
-use crate::stages::export::{model_source, model_weight_files};
+use crate::stages::dataset::model_source;
+use crate::stages::export::model_weight_files;
 
 mod file_data;
 
@@ -61,16 +63,24 @@ impl ScoreStage {
     /// Validate the parameters; named files must exist.
     pub fn new(params: ScoreParams, common: &Common) -> Result<Self, StageError> {
         if params.dataset.is_none() && !["val", "train"].contains(&params.split.as_str()) {
-            return Err(input(format!("score: split {:?} is not one of val, train", params.split)));
+            return Err(input(format!(
+                "score: split {:?} is not one of val, train",
+                params.split
+            )));
         }
         if !["last", "best"].contains(&params.checkpoint.as_str()) {
-            return Err(input(format!("score: checkpoint {:?} is not one of last, best", params.checkpoint)));
+            return Err(input(format!(
+                "score: checkpoint {:?} is not one of last, best",
+                params.checkpoint
+            )));
         }
         if params.batch_size == 0 {
             return Err(input("score: batch_size must be ≥ 1"));
         }
         if let Some(a) = &params.adapter
-            && !Path::new(a).join(crate::adapter::peft::CONFIG_FILE).is_file()
+            && !Path::new(a)
+                .join(crate::adapter::peft::CONFIG_FILE)
+                .is_file()
         {
             return Err(input(format!(
                 "score: adapter {a} is not a PEFT adapter directory (no {})",
@@ -82,10 +92,16 @@ impl ScoreStage {
         {
             return Err(input(format!("score: dataset {d} does not exist")));
         }
-        weights_source(&common.model).map_err(input)?;
+        model_source(common)?;
         model_dtype(&common.model.torch_dtype).map_err(input)?;
-        let problem = ProblemType::resolve(common.task.problem_type.as_deref(), common.task.num_labels).map_err(input)?;
-        Ok(Self { params, common: common.clone(), problem })
+        let problem =
+            ProblemType::resolve(common.task.problem_type.as_deref(), common.task.num_labels)
+                .map_err(input)?;
+        Ok(Self {
+            params,
+            common: common.clone(),
+            problem,
+        })
     }
 
     fn load_split(&self, ctx: &StageContext) -> Result<Split, StageError> {
@@ -95,18 +111,32 @@ impl ScoreStage {
         if let Some(file) = &self.params.dataset {
             let root = ctx.out_dir.join("data");
             let records = file_data::build(Path::new(file), &data.dir, &root, &self.common, ctx)?;
-            return Ok(Split { name: file.clone(), records, root });
+            return Ok(Split {
+                name: file.clone(),
+                records,
+                root,
+            });
         }
         let split = &self.params.split;
         match load_split(&data.dir, split).map_err(|e| input(e.to_string()))? {
-            Some(records) => Ok(Split { name: split.clone(), records, root: data.dir.clone() }),
+            Some(records) => Ok(Split {
+                name: split.clone(),
+                records,
+                root: data.dir.clone(),
+            }),
             None => {
-                let have: Vec<&str> =
-                    ["train", "val"].into_iter().filter(|s| data.dir.join(format!("{s}.jsonl")).is_file()).collect();
+                let have: Vec<&str> = ["train", "val"]
+                    .into_iter()
+                    .filter(|s| data.dir.join(format!("{s}.jsonl")).is_file())
+                    .collect();
                 Err(input(format!(
                     "score stage `{}`: the dataset stage has no `{split}` split; it has: {}",
                     ctx.name,
-                    if have.is_empty() { "none".to_string() } else { have.join(", ") }
+                    if have.is_empty() {
+                        "none".to_string()
+                    } else {
+                        have.join(", ")
+                    }
                 )))
             }
         }
@@ -119,9 +149,9 @@ impl ScoreStage {
         device: &B::Device,
         dtype: DType,
     ) -> Result<(SeqClassifier<B>, String), StageError> {
-        let source = weights_source(&self.common.model).map_err(input)?;
+        let source = model_source(&self.common)?;
         let num_labels = self.common.task.num_labels;
-        let model = load_classifier_from::<B>(source, num_labels, dtype, self.common.seed, device)
+        let model = load_classifier::<B>(&source, num_labels, dtype, self.common.seed, device)
             .map_err(|e| input(e.to_string()))?;
         let adapter_dir = match (ctx.upstream_of_kind("train"), &self.params.adapter) {
             (Some(_), Some(_)) => {
@@ -130,7 +160,9 @@ impl ScoreStage {
                     ctx.name
                 )));
             }
-            (Some(train), None) => Some(train_adapter_dir(&train.dir, &self.params.checkpoint).map_err(input)?),
+            (Some(train), None) => {
+                Some(train_adapter_dir(&train.dir, &self.params.checkpoint).map_err(input)?)
+            }
             (None, Some(dir)) => Some(PathBuf::from(dir)),
             (None, None) => None,
         };
@@ -148,7 +180,7 @@ impl ScoreStage {
                 Ok((model, dir.display().to_string()))
             }
             None => {
-                if let WeightsSource::Dir(d) = source
+                if let ModelSource::Path(d) = &source
                     && !checkpoint_has_score(d)
                 {
                     let _ = ctx.progress.println(format!(
@@ -163,18 +195,29 @@ impl ScoreStage {
         }
     }
 
-    fn run_on<B: Backend>(&self, ctx: &StageContext, device: B::Device, dtype: DType) -> Result<(), StageError> {
+    fn run_on<B: Backend>(
+        &self,
+        ctx: &StageContext,
+        device: B::Device,
+        dtype: DType,
+    ) -> Result<(), StageError> {
         let split = self.load_split(ctx)?;
         let (model, adapter_desc) = self.load_model::<B>(ctx, &device, dtype)?;
-        let source = weights_source(&self.common.model).map_err(input)?;
-        let tokenizer = crate::model::tokenizer::load_tokenizer(&model_source(source)).map_err(|e| input(e.to_string()))?;
-        let pad_id = tokenizer.token_to_id("<|endoftext|>").unwrap_or(0);
+        let tokenizer =
+            load_tokenizer(&model_source(&self.common)?).map_err(|e| input(e.to_string()))?;
+        let pad_id = SpecialTokens::from_tokenizer(&tokenizer)
+            .map_err(|e| input(e.to_string()))?
+            .pad;
 
-        let bar = ctx.progress.add(ProgressBar::new(split.records.len() as u64));
+        let bar = ctx
+            .progress
+            .add(ProgressBar::new(split.records.len() as u64));
         bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} samples ({per_sec}, eta {eta})")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} samples ({per_sec}, eta {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         bar.set_prefix(format!("{}: score", ctx.name));
         let start = Instant::now();
@@ -188,7 +231,11 @@ impl ScoreStage {
             let batch = collate::<B>(&refs, pad_id, PaddingSide::Left, &device);
             let out = model.forward(&batch).map_err(|e| input(e.to_string()))?;
             let [b, n] = out.dims();
-            let host: Vec<f32> = out.into_data().convert::<f32>().into_vec().map_err(|e| failed(format!("{e:?}")))?;
+            let host: Vec<f32> = out
+                .into_data()
+                .convert::<f32>()
+                .into_vec()
+                .map_err(|e| failed(format!("{e:?}")))?;
             logits.extend((0..b).map(|r| host[r * n..(r + 1) * n].to_vec()));
             bar.inc(b as u64);
         }
@@ -199,12 +246,26 @@ impl ScoreStage {
             .records
             .iter()
             .zip(&logits)
-            .map(|(r, z)| score_line(r.index, self.problem, z, r.label.as_ref(), r.images.iter().map(|i| i.source.clone()).collect()))
+            .map(|(r, z)| {
+                score_line(
+                    r.index,
+                    self.problem,
+                    z,
+                    r.label.as_ref(),
+                    r.images.iter().map(|i| i.source.clone()).collect(),
+                )
+            })
             .collect();
         write_scores(&ctx.out_dir.join("scores.jsonl"), &lines).map_err(failed)?;
 
-        let rows: Vec<_> = split.records.iter().zip(&logits).map(|(r, z)| (r.index, z.as_slice(), r.label.as_ref())).collect();
-        let metrics = split_metrics(self.problem, self.common.task.num_labels, &rows).map_err(input)?;
+        let rows: Vec<_> = split
+            .records
+            .iter()
+            .zip(&logits)
+            .map(|(r, z)| (r.index, z.as_slice(), r.label.as_ref()))
+            .collect();
+        let metrics =
+            split_metrics(self.problem, self.common.task.num_labels, &rows).map_err(input)?;
         let n = split.records.len();
         let mut summary = json!({
             "split": split.name,
@@ -215,19 +276,38 @@ impl ScoreStage {
                         "batch_size": self.params.batch_size},
         });
         if let Some(m) = &metrics {
-            merge_into(&mut summary, serde_json::to_value(m).expect("metrics serialize"));
+            merge_into(
+                &mut summary,
+                serde_json::to_value(m).expect("metrics serialize"),
+            );
         }
         let path = ctx.out_dir.join("metrics.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("JSON values serialize") + "\n").map_err(failed)?;
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&summary).expect("JSON values serialize") + "\n",
+        )
+        .map_err(failed)?;
 
         let names = self.common.task.labels.as_deref();
-        let mut report = format!("score `{}`: {} samples of {} ({:.1} samples/s)\n", ctx.name, n, split.name, n as f64 / seconds.max(1e-9));
+        let mut report = format!(
+            "score `{}`: {} samples of {} ({:.1} samples/s)\n",
+            ctx.name,
+            n,
+            split.name,
+            n as f64 / seconds.max(1e-9)
+        );
         match &metrics {
             Some(m) => {
                 report.push_str(&metrics_table(m, names));
                 if let Metrics::SingleLabel(s) = m {
                     let title = format!("{}: acc {:.3}, n = {}", split.name, s.acc, s.num_samples);
-                    render_confusion(&ctx.out_dir.join("confusion.png"), &s.confusion, names, &title).map_err(failed)?;
+                    render_confusion(
+                        &ctx.out_dir.join("confusion.png"),
+                        &s.confusion,
+                        names,
+                        &title,
+                    )
+                    .map_err(failed)?;
                 }
             }
             None => report.push_str("no gold labels: scores only\n"),
@@ -239,12 +319,22 @@ impl ScoreStage {
 
 /// Token ids and pixel rows of one record; its images are the resized PNGs of the
 /// dataset entry, so the patch grid must match the recorded one.
-fn sample_inputs<B: Backend>(record: &Record, root: &Path, model: &SeqClassifier<B>) -> Result<SampleInputs, StageError> {
-    let mut sample = SampleInputs { input_ids: record.input_ids.clone(), ..Default::default() };
+fn sample_inputs<B: Backend>(
+    record: &Record,
+    root: &Path,
+    model: &SeqClassifier<B>,
+) -> Result<SampleInputs, StageError> {
+    let mut sample = SampleInputs {
+        input_ids: record.input_ids.clone(),
+        ..Default::default()
+    };
     for im in &record.images {
         let path = root.join(&im.file);
-        let img = image::open(&path).map_err(|e| failed(format!("{}: {e}", path.display())))?.to_rgb8();
-        let (rows, grid) = pixel_rows(&img, &model.config().vision).map_err(|e| failed(format!("{}: {e}", path.display())))?;
+        let img = image::open(&path)
+            .map_err(|e| failed(format!("{}: {e}", path.display())))?
+            .to_rgb8();
+        let (rows, grid) = pixel_rows(&img, &model.config().vision)
+            .map_err(|e| failed(format!("{}: {e}", path.display())))?;
         if grid != im.grid_thw {
             return Err(failed(format!(
                 "{}: patch grid {grid:?} differs from the dataset record's {:?} (row {})",
@@ -261,18 +351,23 @@ fn sample_inputs<B: Backend>(record: &Record, root: &Path, model: &SeqClassifier
 
 /// Whether a model directory's safetensors hold `score.weight` (headers only).
 fn checkpoint_has_score(dir: &Path) -> bool {
-    let Ok(files) = model_weight_files(dir) else { return false };
-    files.iter().filter(|f| f.extension().is_some_and(|e| e == "safetensors")).any(|f| {
-        std::fs::File::open(f).ok().and_then(|mut file| {
-            use std::io::Read;
-            let mut len = [0u8; 8];
-            file.read_exact(&mut len).ok()?;
-            let mut header = vec![0u8; u64::from_le_bytes(len).min(100_000_000) as usize];
-            file.read_exact(&mut header).ok()?;
-            let json: Value = serde_json::from_slice(&header).ok()?;
-            Some(json.get("score.weight").is_some())
-        }) == Some(true)
-    })
+    let Ok(files) = model_weight_files(dir) else {
+        return false;
+    };
+    files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "safetensors"))
+        .any(|f| {
+            std::fs::File::open(f).ok().and_then(|mut file| {
+                use std::io::Read;
+                let mut len = [0u8; 8];
+                file.read_exact(&mut len).ok()?;
+                let mut header = vec![0u8; u64::from_le_bytes(len).min(100_000_000) as usize];
+                file.read_exact(&mut header).ok()?;
+                let json: Value = serde_json::from_slice(&header).ok()?;
+                Some(json.get("score.weight").is_some())
+            }) == Some(true)
+        })
 }
 
 fn merge_into(target: &mut Value, extra: Value) {
@@ -320,7 +415,12 @@ impl Stage for ScoreStage {
         if let Some(a) = &self.params.adapter {
             let dir = Path::new(a);
             files.extend(
-                [crate::adapter::peft::CONFIG_FILE, crate::adapter::peft::WEIGHTS_FILE].iter().map(|n| dir.join(n)),
+                [
+                    crate::adapter::peft::CONFIG_FILE,
+                    crate::adapter::peft::WEIGHTS_FILE,
+                ]
+                .iter()
+                .map(|n| dir.join(n)),
             );
         }
         if let Some(d) = &self.params.dataset {
@@ -335,10 +435,12 @@ impl Stage for ScoreStage {
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let (dtype, _) = model_dtype(&self.common.model.torch_dtype).map_err(input)?;
-        match resolve_device(&self.common.model.device, ctx.device).map_err(input)? {
+        match compute_device(&self.common.model.device, ctx.device).map_err(input)? {
             // bf16 matmuls are slow on the CPU backend; score in f32 there (as training does).
-            ComputeDevice::Cpu => self.run_on::<CpuBackend>(ctx, Default::default(), DType::F32),
-            ComputeDevice::Cuda(i) => self.run_on::<CudaBackend>(ctx, burn::backend::cuda::CudaDevice::new(i), dtype),
+            Compute::Cpu => self.run_on::<CpuBackend>(ctx, Default::default(), DType::F32),
+            Compute::Cuda(i) => {
+                self.run_on::<CudaBackend>(ctx, burn::backend::cuda::CudaDevice::new(i), dtype)
+            }
         }
     }
 }

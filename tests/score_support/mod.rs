@@ -106,3 +106,95 @@ pub fn max_abs_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
         })
         .fold(0.0, f64::max)
 }
+
+// ------------------------------------------------------------------ running stages
+
+use pipeline::experiment::schema::{Common, ModelSpec, TaskSpec};
+use pipeline::graph::{Stage, StageContext, StageError, Upstream};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// `[model]` + `[task]` for a model directory (f32 on the CPU).
+pub fn common_for(model_dir: &Path, num_labels: usize, problem_type: Option<&str>) -> Common {
+    Common {
+        model: ModelSpec {
+            preset: None,
+            path: Some(model_dir.display().to_string()),
+            torch_dtype: "float32".into(),
+            device: "cpu".into(),
+        },
+        task: TaskSpec {
+            task_type: "seq_cls".into(),
+            num_labels,
+            problem_type: problem_type.map(str::to_string),
+            labels: None,
+        },
+        seed: 42,
+    }
+}
+
+/// Run `stage` into `out_dir` with `inputs` (name → (kind, dir)), like the executor does;
+/// writes a manifest holding `params()` afterwards, as a finished cache entry has.
+pub fn run_stage(
+    stage: &dyn Stage,
+    name: &str,
+    out_dir: &Path,
+    inputs: &[(&str, &str, &Path)],
+) -> Result<(), StageError> {
+    std::fs::create_dir_all(out_dir).unwrap();
+    let inputs: BTreeMap<String, Upstream> = inputs
+        .iter()
+        .map(|(n, kind, dir)| {
+            (
+                n.to_string(),
+                Upstream {
+                    kind: kind.to_string(),
+                    key: format!("key-{n}"),
+                    dir: dir.to_path_buf(),
+                },
+            )
+        })
+        .collect();
+    let progress =
+        indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
+    let ctx = StageContext {
+        name,
+        key: "test-key",
+        out_dir,
+        inputs: &inputs,
+        device: None,
+        progress: &progress,
+    };
+    stage.run(&ctx)?;
+    let manifest = serde_json::json!({"kind": stage.kind(), "params": stage.params()});
+    std::fs::write(out_dir.join("manifest.json"), manifest.to_string()).unwrap();
+    Ok(())
+}
+
+/// Build the fixture dataset (`data/test.jsonl` as the val split, max_pixels 25088) with
+/// the dataset stage into `out_dir`.
+pub fn build_fixture_dataset(common: &Common, jsonl: &Path, out_dir: &Path) {
+    let params: pipeline::experiment::schema::DatasetParams = toml::from_str(&format!(
+        "val_dataset = {:?}\nmax_pixels = 25088",
+        jsonl.display().to_string()
+    ))
+    .unwrap();
+    let stage = pipeline::stages::dataset::DatasetStage::new(params, common).unwrap();
+    run_stage(&stage, "data", out_dir, &[]).unwrap();
+}
+
+/// scores.jsonl lines.
+pub fn read_scores(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// log_softmax of a row, in f64.
+pub fn log_softmax(z: &[f64]) -> Vec<f64> {
+    let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+    z.iter().map(|v| v - lse).collect()
+}
