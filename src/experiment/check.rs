@@ -81,7 +81,7 @@ fn not_found(what: &str, value: &str, abs: &Path) -> String {
 }
 
 /// Lexically normalize an absolute path (drop `.`, fold `..`) without touching the disk.
-pub(crate) fn normalize(path: &Path) -> PathBuf {
+pub fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {

@@ -20,6 +20,7 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use check::normalize as normalize_path;
 pub use error::{ExperimentError, Location};
 pub use schema::Common;
 pub use source::Source;
