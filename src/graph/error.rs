@@ -7,7 +7,7 @@ use crate::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     /// A stage refused its params or could not read an input: exit 2.
-    #[error("stage `{stage}`: {source}")]
+    #[error("stage `{stage}`")]
     Stage {
         stage: String,
         #[source]
@@ -44,7 +44,7 @@ pub enum ExecError {
     #[error("--force {stage}: no such stage; stages: {stages}")]
     UnknownForce { stage: String, stages: String },
     /// One or more stages failed (the first is shown; all were printed as they failed).
-    #[error("stage `{stage}` failed: {source}{}", more_suffix(*more))]
+    #[error("stage `{stage}` failed{}", more_suffix(*more))]
     StageFailed {
         stage: String,
         #[source]

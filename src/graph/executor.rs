@@ -19,6 +19,10 @@ use super::stage::{StageContext, StageError, Upstream};
 use crate::store::manifest::rfc3339;
 use crate::store::{KeyLock, Lookup, Manifest, Store, StoreError};
 
+/// Name of the threads stages run on (the binary's panic hook stays quiet on them: the
+/// executor reports a stage's panic as its failure).
+pub const STAGE_THREAD: &str = "stage";
+
 /// What `pipeline run` asks for.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -116,10 +120,13 @@ pub fn execute(
                 progressed = true;
                 let device = slot.and_then(|s| sched.slot_device(s));
                 let (tx, progress, force) = (tx.clone(), &progress, forced.contains(&idx));
-                scope.spawn(move || {
-                    let r = run_node(plan, store, idx, force, device, progress);
-                    let _ = tx.send((idx, slot, r));
-                });
+                std::thread::Builder::new()
+                    .name(STAGE_THREAD.into())
+                    .spawn_scoped(scope, move || {
+                        let r = run_node(plan, store, idx, force, device, progress);
+                        let _ = tx.send((idx, slot, r));
+                    })
+                    .expect("spawn a stage thread");
             }
             if progressed {
                 continue; // a cache hit may have readied more stages
