@@ -136,10 +136,10 @@ fn find_cycle(stages: &[(String, StageParams)]) -> Option<Vec<String>> {
         None
     }
     for (name, _) in stages {
-        if state.get(name.as_str()).copied().unwrap_or(0) == 0 {
-            if let Some(c) = visit(name, &needs, &mut state, &mut Vec::new()) {
-                return Some(c);
-            }
+        if state.get(name.as_str()).copied().unwrap_or(0) == 0
+            && let Some(c) = visit(name, &needs, &mut state, &mut Vec::new())
+        {
+            return Some(c);
         }
     }
     None

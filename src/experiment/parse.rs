@@ -56,14 +56,14 @@ pub(crate) fn read_sections(src: &Source, root: &Table) -> Result<Sections, Expe
     )?;
     let task =
         required_table::<TaskSpec>(src, root, "task", "add a [task] table with `num_labels`")?;
-    if let Some(sweep) = root.get("sweep") {
-        if !sweep.is_table_like() {
-            return Err(src.invalid(
-                root,
-                &["sweep"],
-                "expected a table of dotted paths to value lists",
-            ));
-        }
+    if let Some(sweep) = root.get("sweep")
+        && !sweep.is_table_like()
+    {
+        return Err(src.invalid(
+            root,
+            &["sweep"],
+            "expected a table of dotted paths to value lists",
+        ));
     }
     let Some(stages_item) = root.get("stages") else {
         return Err(src.invalid_key(
@@ -182,6 +182,9 @@ fn required_table<T: DeserializeOwned>(
     }
 }
 
+/// A child key of a table: its name, key span and value span.
+type ChildSpans = (String, Option<Range<usize>>, Option<Range<usize>>);
+
 /// Deserialize `item` (at dotted `path`) into `T`, ignoring the `skip` keys of a table.
 pub(crate) fn deserialize<T: DeserializeOwned>(
     src: &Source,
@@ -210,7 +213,7 @@ pub(crate) fn deserialize<T: DeserializeOwned>(
         v => v,
     };
     let table_span = item_span(item);
-    let children: Vec<(String, Option<Range<usize>>, Option<Range<usize>>)> = item
+    let children: Vec<ChildSpans> = item
         .as_table_like()
         .map(|t| {
             t.iter()
@@ -295,14 +298,14 @@ fn humanize(msg: &str) -> (Option<String>, String) {
         );
     }
     for (prefix, unsigned_hint) in [("invalid type: ", false), ("invalid value: ", true)] {
-        if let Some(rest) = msg.strip_prefix(prefix) {
-            if let Some((found, expected)) = rest.rsplit_once(", expected ") {
-                let expected = describe_expected(expected, unsigned_hint);
-                return (
-                    None,
-                    format!("expected {expected}, found {}", found.replace('`', "")),
-                );
-            }
+        if let Some(rest) = msg.strip_prefix(prefix)
+            && let Some((found, expected)) = rest.rsplit_once(", expected ")
+        {
+            let expected = describe_expected(expected, unsigned_hint);
+            return (
+                None,
+                format!("expected {expected}, found {}", found.replace('`', "")),
+            );
         }
     }
     (None, msg.to_string())

@@ -351,7 +351,7 @@ fn parse_domain(item: &Item, mode: &SweepMode) -> Result<Domain, String> {
         None => false,
         Some(v) => v.as_bool().ok_or("`log` must be true or false")?,
     };
-    if !(min < max) {
+    if min.partial_cmp(&max) != Some(std::cmp::Ordering::Less) {
         return Err(format!("range min ({min}) must be < max ({max})"));
     }
     if log && min <= 0.0 {

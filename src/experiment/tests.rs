@@ -774,7 +774,7 @@ fn random_sweep_is_seeded_and_deterministic() {
             "lr{}",
             format_value(&serde_json::json!(t.learning_rate))
         )));
-        assert!(v.name.as_ref().unwrap().starts_with(&format!("lr")));
+        assert!(v.name.as_ref().unwrap().starts_with(&"lr".to_string()));
     }
     // Log-uniform over two decades: not all draws in the top decade.
     assert!(

@@ -254,11 +254,9 @@ fn run_node(
             KeyLock::exclusive(&lock_path).map_err(failed)?
         }
     };
-    if !forced {
-        if let Lookup::Hit(_) = store.lookup(&node.kind, &node.key) {
-            link_uses(plan, store, node).map_err(failed)?;
-            return Ok(Outcome::CachedMeanwhile);
-        }
+    if !forced && let Lookup::Hit(_) = store.lookup(&node.kind, &node.key) {
+        link_uses(plan, store, node).map_err(failed)?;
+        return Ok(Outcome::CachedMeanwhile);
     }
     let partial = store
         .prepare_partial(&node.kind, &node.key, node.stage.resumable())

@@ -230,12 +230,12 @@ fn a_failing_stage_leaves_no_entry_and_stops_downstream() {
         let env = Env::new();
         let kit = Kit::new(env.path()).with("train", behavior);
         let err = env.run(BASE, &kit, &opts()).unwrap_err();
-        let msg = format!("{err:#}");
+        assert_eq!(err.exit_code(), code);
+        let msg = format!("{:#}", anyhow::Error::new(err)); // as `main` prints it
         assert!(
-            msg.contains("stage `train` failed") && msg.contains(needle),
+            msg.starts_with("stage `train` failed: ") && msg.contains(needle),
             "{msg}"
         );
-        assert_eq!(err.exit_code(), code);
         let key = env.key_of(BASE, "train");
         assert!(
             !env.store.entry_dir("train", &key).exists(),

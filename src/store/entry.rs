@@ -10,7 +10,7 @@ use super::{Result, Store, io};
 #[derive(Debug)]
 pub enum Lookup {
     /// A complete entry.
-    Hit(Manifest),
+    Hit(Box<Manifest>),
     /// Nothing there.
     Miss,
     /// A directory without a usable manifest (e.g. a crash mid-publish): a miss; the
@@ -26,7 +26,7 @@ impl Store {
             return Lookup::Miss;
         }
         match Manifest::read(&dir) {
-            Ok(m) if m.key == key && m.kind == kind => Lookup::Hit(m),
+            Ok(m) if m.key == key && m.kind == kind => Lookup::Hit(Box::new(m)),
             Ok(m) if m.kind != kind => Lookup::Invalid(format!("manifest names kind `{}`", m.kind)),
             Ok(m) => Lookup::Invalid(format!("manifest holds another key ({})", m.key)),
             Err(why) => Lookup::Invalid(why),

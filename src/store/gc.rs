@@ -122,12 +122,11 @@ fn walk(path: &Path, cache: &Path, depth: usize, live: &mut BTreeSet<String>) {
         return;
     };
     if meta.file_type().is_symlink() {
-        if let Some(target) = resolve_link(path) {
-            if target.parent() == Some(cache) {
-                if let Some(n) = target.file_name() {
-                    live.insert(n.to_string_lossy().into_owned());
-                }
-            }
+        if let Some(target) = resolve_link(path)
+            && target.parent() == Some(cache)
+            && let Some(n) = target.file_name()
+        {
+            live.insert(n.to_string_lossy().into_owned());
         }
     } else if meta.is_dir() && depth < 3 {
         for e in std::fs::read_dir(path).into_iter().flatten().flatten() {

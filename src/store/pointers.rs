@@ -19,10 +19,10 @@ impl Store {
         let link = self.pointer_path(experiment, variant, stage);
         let parent = link.parent().expect("pointer has a parent");
         io(std::fs::create_dir_all(parent), "create", parent)?;
-        if let Ok(meta) = std::fs::symlink_metadata(&link) {
-            if !meta.file_type().is_symlink() {
-                return Err(StoreError::NotAPointer { path: link });
-            }
+        if let Ok(meta) = std::fs::symlink_metadata(&link)
+            && !meta.file_type().is_symlink()
+        {
+            return Err(StoreError::NotAPointer { path: link });
         }
         let depth = if variant.is_some() { 2 } else { 1 };
         let mut target = PathBuf::new();

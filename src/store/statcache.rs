@@ -60,10 +60,10 @@ impl StatCache {
         }
         let stat_key = path.to_string_lossy().into_owned();
         let (size, mtime_ns, inode) = stat_of(&meta);
-        if let Some(s) = self.entries.get(&stat_key) {
-            if (s.size, s.mtime_ns, s.inode) == (size, mtime_ns, inode) {
-                return Ok(s.blake3.clone());
-            }
+        if let Some(s) = self.entries.get(&stat_key)
+            && (s.size, s.mtime_ns, s.inode) == (size, mtime_ns, inode)
+        {
+            return Ok(s.blake3.clone());
         }
         let blake3 = hash_file(path)?;
         self.hashed += 1;

@@ -45,10 +45,11 @@ pub fn stage_metrics(dir: &Path) -> BTreeMap<String, f64> {
             .find(|l| l.keys().any(|k| k.starts_with("eval_")))
         {
             for (k, v) in eval {
-                if k.starts_with("eval_") && !NOISE.contains(&k.as_str()) {
-                    if let Some(x) = v.as_f64() {
-                        out.insert(k.clone(), x);
-                    }
+                if k.starts_with("eval_")
+                    && !NOISE.contains(&k.as_str())
+                    && let Some(x) = v.as_f64()
+                {
+                    out.insert(k.clone(), x);
                 }
             }
         }
