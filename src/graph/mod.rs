@@ -18,6 +18,7 @@ pub mod key;
 pub mod plan;
 pub mod progress;
 mod schedule;
+pub mod slurm;
 pub mod stage;
 
 pub use error::{ExecError, PlanError};
