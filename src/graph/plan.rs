@@ -9,7 +9,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::{Dfs, EdgeRef, Walker};
 
 use super::error::PlanError;
-use super::key::{KeyParts, content_key, sorted};
+use super::key::{KeyParts, canonical_json, content_key, sorted};
 use super::stage::{Stage, StageError};
 use crate::experiment::{Common, StageSpec, Variant};
 use crate::store::manifest::InputDigest;
@@ -108,6 +108,7 @@ impl Plan {
         let mut graph: DiGraph<PlanNode, String> = DiGraph::new();
         let mut by_key: BTreeMap<String, NodeIndex> = BTreeMap::new();
         let mut listing = Vec::new();
+        let mut inputs_memo: BTreeMap<String, Vec<InputDigest>> = BTreeMap::new();
         for v in variants {
             let exp = &v.experiment;
             let mut local: BTreeMap<&str, NodeIndex> = BTreeMap::new();
@@ -131,15 +132,30 @@ impl Plan {
                     .iter()
                     .map(|(n, i)| (n.clone(), graph[*i].key.clone()))
                     .collect();
-                let mut inputs = Vec::new();
-                for f in stage.input_files().map_err(stage_err)? {
-                    let blake3 = stat.digest(&f).map_err(|e| input_error(&usage, &f, e))?;
-                    inputs.push(InputDigest {
-                        path: f.to_string_lossy().into_owned(),
-                        blake3,
-                    });
-                }
                 let params = sorted(&stage.params());
+                // A stage's input files follow from its kind, version and params, so the
+                // variants of a sweep list (and digest) a shared dataset once.
+                let memo_key = format!(
+                    "{}/{}/{}",
+                    stage.kind(),
+                    stage.version(),
+                    canonical_json(&params)
+                );
+                let inputs = match inputs_memo.get(&memo_key) {
+                    Some(i) => Vec::clone(i),
+                    None => {
+                        let mut inputs = Vec::new();
+                        for f in stage.input_files().map_err(stage_err)? {
+                            let blake3 = stat.digest(&f).map_err(|e| input_error(&usage, &f, e))?;
+                            inputs.push(InputDigest {
+                                path: f.to_string_lossy().into_owned(),
+                                blake3,
+                            });
+                        }
+                        inputs_memo.insert(memo_key, inputs.clone());
+                        inputs
+                    }
+                };
                 let (kind, version, seed) =
                     (stage.kind().to_string(), stage.version(), exp.common.seed);
                 let key = content_key(&KeyParts {

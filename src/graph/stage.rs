@@ -67,9 +67,9 @@ pub trait Stage: Send + Sync {
     }
     /// Whether the stage computes on an accelerator: the scheduler then pins it to one of
     /// the experiment's `devices` (one such stage per device at a time) and passes that
-    /// device in `StageContext::device`. Model-running kinds by default.
+    /// device in `StageContext::device`. By default the kinds that run the model.
     fn uses_device(&self) -> bool {
-        matches!(self.kind(), "train" | "score")
+        matches!(self.kind(), "train" | "export" | "score")
     }
     /// Whether a crashed run may continue from what it left in `out_dir` (checkpoints).
     /// Otherwise the executor empties `out_dir` before `run`.

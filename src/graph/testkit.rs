@@ -33,6 +33,7 @@ pub(crate) struct TestStage {
     behavior: Behavior,
     /// (stage name, start, end) of each run, for overlap checks.
     spans: Arc<Mutex<Vec<(String, Instant, Instant)>>>,
+    input_calls: Arc<Mutex<BTreeMap<&'static str, usize>>>,
 }
 
 impl Stage for TestStage {
@@ -46,6 +47,12 @@ impl Stage for TestStage {
         self.params.clone()
     }
     fn input_files(&self) -> Result<Vec<PathBuf>, StageError> {
+        *self
+            .input_calls
+            .lock()
+            .unwrap()
+            .entry(self.kind)
+            .or_default() += 1;
         Ok(self.inputs.clone())
     }
     fn resumable(&self) -> bool {
@@ -101,6 +108,8 @@ pub(crate) struct Kit {
     pub log: PathBuf,
     pub behaviors: BTreeMap<String, Behavior>,
     pub spans: Arc<Mutex<Vec<(String, Instant, Instant)>>>,
+    /// `input_files()` calls by kind.
+    pub input_calls: Arc<Mutex<BTreeMap<&'static str, usize>>>,
 }
 
 impl Kit {
@@ -109,6 +118,7 @@ impl Kit {
             log: dir.join("runs.log"),
             behaviors: BTreeMap::new(),
             spans: Arc::default(),
+            input_calls: Arc::default(),
         }
     }
 
@@ -164,6 +174,7 @@ impl Kit {
                     .cloned()
                     .unwrap_or(Behavior::Ok),
                 spans: self.spans.clone(),
+                input_calls: self.input_calls.clone(),
             }) as Box<dyn Stage>)
         })
     }

@@ -370,6 +370,12 @@ fn a_sweep_shares_the_dataset_stage() {
     assert_eq!(data.len(), 1);
     assert_eq!(plan.graph[data[0]].uses.len(), 4);
     assert_eq!(plan.graph[data[0]].label(), "data (shared by 4 variants)");
+    let calls = kit.input_calls.lock().unwrap().clone();
+    assert_eq!(
+        (calls["dataset"], calls["train"]),
+        (1, 4),
+        "shared inputs listed once"
+    );
     let r = execute(&plan, &env.store, &opts(), &quiet()).unwrap();
     assert_eq!(r.computed.len(), 13);
     assert_eq!((kit.count("data"), kit.count("train")), (1, 4));
@@ -455,17 +461,18 @@ fn jobs_run_independent_stages_concurrently_one_per_device() {
     env.run(&text, &kit, &RunOptions { jobs: 4, ..opts() })
         .unwrap();
     assert!(overlaps(&kit) > 0, "trains overlapped with --jobs 4");
-    // Train and score stages are device-bound: never more than 2 at once, each on a device.
+    // Train, export and score stages are device-bound: never more than 2 at once, each
+    // on a device.
     let devices = kit.devices();
     assert!(
-        devices.iter().filter(|d| d.starts_with("cuda:")).count() == 8,
+        devices.iter().filter(|d| d.starts_with("cuda:")).count() == 12,
         "{devices:?}"
     );
     let spans = kit.spans.lock().unwrap().clone();
     for (_, s, _) in &spans {
         let live = spans
             .iter()
-            .filter(|(n, a, b)| (n == "train" || n == "score") && a <= s && s < b)
+            .filter(|(n, a, b)| (n == "train" || n == "export" || n == "score") && a <= s && s < b)
             .count();
         assert!(live <= 2, "at most one device-bound stage per device");
     }

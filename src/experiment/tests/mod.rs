@@ -84,6 +84,14 @@ fn assert_has(msg: &str, parts: &[&str]) {
 }
 
 #[test]
+fn preset_names_match_the_model_layer() {
+    // The experiment layer knows no model code; this keeps its copy of the names honest.
+    let mut presets: Vec<&str> = crate::model::presets::PRESETS.to_vec();
+    presets.sort_unstable();
+    assert_eq!(presets, validate::MODEL_PRESETS);
+}
+
+#[test]
 fn valid_file_is_typed_and_resolved() {
     let dir = project();
     let l = load_text(dir.path(), BASE).unwrap();
