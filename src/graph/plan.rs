@@ -84,7 +84,7 @@ pub struct Plan {
     pub experiment: String,
     /// Edges point from an upstream stage to the stage that needs it.
     pub graph: DiGraph<PlanNode, String>,
-    /// Topological order of `graph`.
+    /// Topological order of `graph` (variants in listed order).
     pub order: Vec<NodeIndex>,
     /// Devices to pin device-bound stages to (empty: one slot, the model's device).
     pub devices: Vec<String>,
@@ -194,8 +194,13 @@ impl Plan {
             }
         }
         stat.save()?;
-        let order =
-            petgraph::algo::toposort(&graph, None).expect("validated experiments are acyclic");
+        // Nodes were added after their upstreams, in variant then stage order: index order
+        // is a topological order that runs variants in the order they are listed.
+        let order: Vec<NodeIndex> = graph.node_indices().collect();
+        debug_assert!(graph.edge_indices().all(|e| {
+            let (a, b) = graph.edge_endpoints(e).expect("edge exists");
+            a < b
+        }));
         Ok(Plan {
             experiment: name.to_string(),
             graph,

@@ -128,10 +128,8 @@ pub fn sweep_summary(store: &Store, loaded: &Loaded) -> Summary {
             .then(a.index.cmp(&b.index))
         });
     }
+    // Columns by stage (file order), the sort column first within its stage.
     let mut columns: Vec<String> = Vec::new();
-    if let Some((c, _)) = &sort_by {
-        columns.push(c.clone());
-    }
     for r in &rows {
         for k in r.metrics.keys() {
             if !columns.contains(k) {
@@ -139,6 +137,19 @@ pub fn sweep_summary(store: &Store, loaded: &Loaded) -> Summary {
             }
         }
     }
+    let stage_pos = |c: &str| {
+        let stage = c.split('.').next().unwrap_or_default();
+        loaded
+            .base
+            .stages
+            .iter()
+            .position(|s| s.name == stage)
+            .unwrap_or(usize::MAX)
+    };
+    let is_sort = |c: &str| sort_by.as_ref().is_some_and(|(s, _)| s == c);
+    columns.sort_by(|a, b| {
+        (stage_pos(a), !is_sort(a), a.as_str()).cmp(&(stage_pos(b), !is_sort(b), b.as_str()))
+    });
     Summary {
         experiment: loaded.name().to_string(),
         columns,
