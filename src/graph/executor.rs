@@ -259,7 +259,8 @@ fn run_node(
         return Ok(Outcome::CachedMeanwhile);
     }
     let partial = store
-        .prepare_partial(&node.kind, &node.key, node.stage.resumable())
+        // `--force` means from scratch: no resuming from an earlier crash either.
+        .prepare_partial(&node.kind, &node.key, node.stage.resumable() && !forced)
         .map_err(failed)?;
     let inputs: BTreeMap<String, Upstream> = node
         .upstream

@@ -332,6 +332,16 @@ fn a_resumable_stage_keeps_its_partial_dir() {
         std::fs::read_to_string(link.join("resumed.txt")).unwrap(),
         "yes"
     );
+    // --force starts over even when resumable: the stage then fails as on a first try.
+    let partial = env.store.partial_dir("train", &key);
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("progress.txt"), "old").unwrap();
+    let force = RunOptions {
+        force: vec!["train".into()],
+        ..opts()
+    };
+    let err = env.run(BASE, &kit, &force).unwrap_err();
+    assert!(format!("{:#}", anyhow::Error::new(err)).contains("interrupted"));
     // A non-resumable stage starts from an empty dir.
     let env = Env::new();
     let kit = Kit::new(env.path()).with("train", Behavior::Fail);
