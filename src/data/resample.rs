@@ -20,6 +20,7 @@
 //! matches Pillow 13 exactly (`tests/data_reference.rs`: max abs difference 0).
 
 use image::RgbImage;
+use rayon::prelude::*;
 
 /// Fractional bits of the fixed-point weights (Pillow: 32 - 8 - 2).
 const PRECISION_BITS: u32 = 22;
@@ -102,43 +103,45 @@ pub fn vertical_first(in_w: u32, in_h: u32, out_w: u32, out_h: u32) -> bool {
 pub fn resize_bicubic(src: &RgbImage, width: u32, height: u32) -> RgbImage {
     assert!(width > 0 && height > 0, "resize target must be non-empty");
     let (in_w, in_h) = src.dimensions();
-    let mut img = src.clone();
-    if vertical_first(in_w, in_h, width, height) {
-        img = vertical(&img, height as usize);
-        if width != in_w {
-            img = horizontal(&img, width as usize);
+    match (width != in_w, height != in_h) {
+        (false, false) => src.clone(),
+        (true, false) => horizontal(src, width as usize),
+        (false, true) => vertical(src, height as usize),
+        (true, true) if vertical_first(in_w, in_h, width, height) => {
+            horizontal(&vertical(src, height as usize), width as usize)
         }
-        return img;
+        (true, true) => vertical(&horizontal(src, width as usize), height as usize),
     }
-    if width != in_w {
-        img = horizontal(&img, width as usize);
-    }
-    if height != in_h {
-        img = vertical(&img, height as usize);
-    }
-    img
 }
+
+/// Rows per parallel work item: large images are split across cores (the dataset's
+/// images are processed in parallel too; rayon balances both levels).
+const ROWS_PER_TASK: usize = 64;
 
 fn horizontal(src: &RgbImage, out_w: usize) -> RgbImage {
     let (in_w, h) = (src.width() as usize, src.height() as usize);
     let taps = coefficients(in_w, out_w);
     let input = src.as_raw();
     let mut out = vec![0u8; out_w * h * 3];
-    for (row_in, row_out) in input
-        .chunks_exact(in_w * 3)
-        .zip(out.chunks_exact_mut(out_w * 3))
-    {
-        for (t, px) in taps.iter().zip(row_out.chunks_exact_mut(3)) {
-            let mut acc = [HALF; 3];
-            let pixels = &row_in[t.start * 3..(t.start + t.weights.len()) * 3];
-            for (p, &k) in pixels.chunks_exact(3).zip(&t.weights) {
-                acc[0] += p[0] as i32 * k;
-                acc[1] += p[1] as i32 * k;
-                acc[2] += p[2] as i32 * k;
+    let rows_in = input.par_chunks(in_w * 3 * ROWS_PER_TASK);
+    let rows_out = out.par_chunks_mut(out_w * 3 * ROWS_PER_TASK);
+    rows_in.zip(rows_out).for_each(|(block_in, block_out)| {
+        for (row_in, row_out) in block_in
+            .chunks_exact(in_w * 3)
+            .zip(block_out.chunks_exact_mut(out_w * 3))
+        {
+            for (t, px) in taps.iter().zip(row_out.chunks_exact_mut(3)) {
+                let mut acc = [HALF; 3];
+                let pixels = &row_in[t.start * 3..(t.start + t.weights.len()) * 3];
+                for (p, &k) in pixels.chunks_exact(3).zip(&t.weights) {
+                    acc[0] += p[0] as i32 * k;
+                    acc[1] += p[1] as i32 * k;
+                    acc[2] += p[2] as i32 * k;
+                }
+                px.copy_from_slice(&acc.map(clip8));
             }
-            px.copy_from_slice(&acc.map(clip8));
         }
-    }
+    });
     RgbImage::from_raw(out_w as u32, h as u32, out).expect("buffer sized for the image")
 }
 
@@ -148,19 +151,24 @@ fn vertical(src: &RgbImage, out_h: usize) -> RgbImage {
     let input = src.as_raw();
     let stride = w * 3;
     let mut out = vec![0u8; stride * out_h];
-    let mut acc = vec![0i32; stride];
-    for (t, row_out) in taps.iter().zip(out.chunks_exact_mut(stride)) {
-        acc.fill(HALF);
-        for (dy, &k) in t.weights.iter().enumerate() {
-            let row_in = &input[(t.start + dy) * stride..(t.start + dy + 1) * stride];
-            for (a, &p) in acc.iter_mut().zip(row_in) {
-                *a += p as i32 * k;
+    let blocks = out
+        .par_chunks_mut(stride * ROWS_PER_TASK)
+        .zip(taps.par_chunks(ROWS_PER_TASK));
+    blocks.for_each(|(block_out, block_taps)| {
+        let mut acc = vec![0i32; stride];
+        for (t, row_out) in block_taps.iter().zip(block_out.chunks_exact_mut(stride)) {
+            acc.fill(HALF);
+            for (dy, &k) in t.weights.iter().enumerate() {
+                let row_in = &input[(t.start + dy) * stride..(t.start + dy + 1) * stride];
+                for (a, &p) in acc.iter_mut().zip(row_in) {
+                    *a += p as i32 * k;
+                }
+            }
+            for (o, &a) in row_out.iter_mut().zip(&acc) {
+                *o = clip8(a);
             }
         }
-        for (o, &a) in row_out.iter_mut().zip(&acc) {
-            *o = clip8(a);
-        }
-    }
+    });
     RgbImage::from_raw(w as u32, out_h as u32, out).expect("buffer sized for the image")
 }
 
