@@ -1,1 +1,3 @@
-//! placeholder
+//! Reports: plots (PNG) shared by the stages.
+
+pub mod plot;
