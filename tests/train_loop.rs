@@ -60,7 +60,7 @@ impl<B: Backend> Probe<B> {
 }
 
 impl<B: Backend> Classifier<B, Feat> for Probe<B> {
-    fn logits(&self, batch: &[&Feat], device: &B::Device) -> Tensor<B, 2> {
+    fn logits(&self, batch: &[&Feat], device: &B::Device) -> anyhow::Result<Tensor<B, 2>> {
         let x: Vec<f32> = batch.iter().flat_map(|f| f.0.iter().copied()).collect();
         let x = Tensor::<B, 2>::from_data(TensorData::new(x, [batch.len(), FEAT]), device);
         let h = self.base.forward(x.clone())
@@ -68,7 +68,7 @@ impl<B: Backend> Classifier<B, Feat> for Probe<B> {
                 .lora_b
                 .forward(self.lora_a.forward(self.dropout.forward(x)))
                 .mul_scalar(2.0);
-        self.score.forward(h)
+        Ok(self.score.forward(h))
     }
 }
 

@@ -156,6 +156,7 @@ fn draw_chart<DB: DrawingBackend>(
         .x_desc(&chart.x_label)
         .y_desc(&chart.y_label)
         .label_style((FAMILY, 12))
+        .x_label_formatter(&|v| format_tick(*v))
         .y_label_formatter(&|v| format_tick(*v))
         .light_line_style(WHITE.mix(0.0))
         .draw()?;

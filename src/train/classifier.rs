@@ -14,7 +14,7 @@ use std::sync::Arc;
 /// A sequence classifier over samples of type `S`.
 pub trait Classifier<B: Backend, S>: Module<B> {
     /// f32 logits `[batch.len(), num_labels]`.
-    fn logits(&self, batch: &[&S], device: &B::Device) -> Tensor<B, 2>;
+    fn logits(&self, batch: &[&S], device: &B::Device) -> anyhow::Result<Tensor<B, 2>>;
 }
 
 /// The trainable weights in PEFT's adapter layout (key names as in

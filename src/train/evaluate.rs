@@ -39,7 +39,7 @@ where
         let samples = set.samples(&idx)?;
         let refs: Vec<&S> = samples.iter().map(|s| s.as_ref()).collect();
         let targets: Vec<&Target> = idx.iter().map(|&i| set.target(i)).collect();
-        let logits = model.logits(&refs, device);
+        let logits = model.logits(&refs, device)?;
         let labels = logits.dims()[1];
         let l = loss::loss(logits.clone(), &targets, problem);
         let host = logits.into_data().to_vec::<f32>()?;

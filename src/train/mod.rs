@@ -34,6 +34,8 @@ pub enum TrainError {
     Checkpoint(String),
     #[error("loading samples: {0}")]
     Data(anyhow::Error),
+    #[error("model: {0}")]
+    Model(anyhow::Error),
     #[error("the training loss is not finite at step {step} (try a lower learning_rate)")]
     NonFinite { step: usize },
     /// Raised by the `stop_after_steps` test hook after that optimizer step.

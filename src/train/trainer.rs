@@ -199,7 +199,7 @@ where
                 let samples = train.samples(&idx).map_err(TrainError::Data)?;
                 let refs: Vec<&S> = samples.iter().map(|s| s.as_ref()).collect();
                 let targets: Vec<&Target> = idx.iter().map(|&i| train.target(i)).collect();
-                let logits = model.logits(&refs, device);
+                let logits = model.logits(&refs, device).map_err(TrainError::Model)?;
                 let labels = logits.dims()[1];
                 let host = logits
                     .clone()
