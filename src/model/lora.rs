@@ -1,0 +1,324 @@
+//! `LoraLinear`: the one linear layer of the model, with LoRA built in (PEFT `lora.Linear`
+//! semantics, `peft/tuners/lora/layer.py`).
+//!
+//! `y = x·Wᵀ + b + scaling · B·A·dropout(x)`, the LoRA branch in f32 (PEFT casts the input to
+//! the adapter dtype) and cast back to the base dtype. The dense `W + s·B·A` is only formed by
+//! [`LoraLinear::merged_weight`] at export time.
+
+use burn::module::{Module, Param, ParamId};
+use burn::nn::{Dropout, DropoutConfig};
+use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use regex::Regex;
+
+use super::ModelError;
+use super::weights::{Init, ParamSource};
+
+/// Callback used to walk the named linear layers of a module tree.
+pub type LinearVisit<'a, B> = dyn FnMut(&str, &LoraLinear<B>) + 'a;
+/// Callback used to rebuild the named linear layers of a module tree.
+pub type LinearMap<'a, B> =
+    dyn FnMut(&str, LoraLinear<B>) -> Result<LoraLinear<B>, ModelError> + 'a;
+
+/// Linear layer with a frozen base in Hugging Face layout and an optional LoRA adapter.
+#[derive(Module, Debug)]
+pub struct LoraLinear<B: Backend> {
+    /// Base weight `[out, in]` (PyTorch layout; the forward multiplies by its transpose view).
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    pub adapter: Option<LoraAdapter<B>>,
+}
+
+/// Low-rank update: `A [r, in]`, `B [out, r]`, both f32.
+#[derive(Module, Debug)]
+pub struct LoraAdapter<B: Backend> {
+    pub lora_a: Param<Tensor<B, 2>>,
+    pub lora_b: Param<Tensor<B, 2>>,
+    pub dropout: Dropout,
+    pub scaling: f64,
+}
+
+impl<B: Backend> LoraLinear<B> {
+    /// Base layer from `{key}.weight` `[out, in]` (+ `{key}.bias` `[out]`), frozen.
+    pub fn load(
+        src: &mut impl ParamSource<B>,
+        key: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Self, ModelError> {
+        let weight = src.tensor::<2>(&format!("{key}.weight"), [d_out, d_in], Init::Normal)?;
+        let bias = if bias {
+            Some(src.tensor::<1>(&format!("{key}.bias"), [d_out], Init::Zeros)?)
+        } else {
+            None
+        };
+        Ok(Self::from_tensors(weight, bias))
+    }
+
+    /// Wrap existing tensors (weight `[out, in]`) as a frozen base layer.
+    pub fn from_tensors(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
+        Self {
+            weight: Param::initialized(ParamId::new(), weight.set_require_grad(false)),
+            bias: bias.map(|b| Param::initialized(ParamId::new(), b.set_require_grad(false))),
+            adapter: None,
+        }
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.dims()[1]
+    }
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// `[..., in]` → `[..., out]` in the base dtype.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let mut dims = x.dims();
+        let d_in = dims[D - 1];
+        let x2: Tensor<B, 2> = x.reshape([-1, d_in as i32]);
+        let w = self.weight.val();
+        let mut y = x2.clone().matmul(w.transpose());
+        if let Some(b) = &self.bias {
+            y = y + b.val().unsqueeze_dim(0);
+        }
+        if let Some(ad) = &self.adapter {
+            let dtype = y.dtype();
+            let h = ad.dropout.forward(x2.cast(DType::F32));
+            let h = h.matmul(ad.lora_a.val().transpose());
+            let h = h.matmul(ad.lora_b.val().transpose()) * ad.scaling;
+            y = y + h.cast(dtype);
+        }
+        dims[D - 1] = self.out_features();
+        y.reshape(dims)
+    }
+
+    /// Attach a fresh adapter: A ~ kaiming_uniform(a=√5) = U(±1/√in), B = 0 (PEFT
+    /// `reset_lora_parameters` with `init_lora_weights=True`), deterministic in (seed, name).
+    pub fn with_new_adapter(self, spec: &LoraSpec, seed: u64, name: &str) -> Self {
+        let device = self.weight.device();
+        let d_in = self.in_features();
+        let bound = 1.0 / (d_in as f64).sqrt();
+        let mut rng = ChaCha8Rng::from_seed(derive_seed(seed, &format!("lora_A:{name}")));
+        let a: Vec<f32> = (0..spec.r * d_in)
+            .map(|_| rng.random_range(-bound..bound) as f32)
+            .collect();
+        let a = Tensor::from_data(TensorData::new(a, [spec.r, d_in]), (&device, DType::F32));
+        let b = Tensor::zeros([self.out_features(), spec.r], (&device, DType::F32));
+        self.with_adapter(spec, a, b)
+    }
+
+    /// Attach the given adapter (`a [r, in]`, `b [out, r]`, cast to f32, trainable).
+    pub fn with_adapter(mut self, spec: &LoraSpec, a: Tensor<B, 2>, b: Tensor<B, 2>) -> Self {
+        self.adapter = Some(LoraAdapter {
+            lora_a: Param::initialized(ParamId::new(), a.cast(DType::F32).require_grad()),
+            lora_b: Param::initialized(ParamId::new(), b.cast(DType::F32).require_grad()),
+            dropout: DropoutConfig::new(spec.dropout).init(),
+            scaling: spec.scaling(),
+        });
+        self
+    }
+
+    /// Base weight with the adapter folded in (`W + s·B·A`), in the base dtype, `[out, in]`.
+    pub fn merged_weight(&self) -> Tensor<B, 2> {
+        let w = self.weight.val();
+        match &self.adapter {
+            None => w,
+            Some(ad) => {
+                let dtype = w.dtype();
+                let delta = ad.lora_b.val().matmul(ad.lora_a.val()) * ad.scaling;
+                (w.cast(DType::F32) + delta).cast(dtype)
+            }
+        }
+    }
+}
+
+/// Which linear layers get an adapter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetSelector {
+    /// ms-swift `all-linear`: LLM q/k/v/o/gate/up/down (when `llm`), ViT attn.qkv/attn.proj/
+    /// mlp.gate/up/down (when `vit`), merger mlp.0/mlp.2 (when `aligner`). Never embeddings,
+    /// `score` or the patch embedding.
+    AllLinear { vit: bool, aligner: bool, llm: bool },
+    /// PEFT list semantics: a module matches when its name equals an entry or ends with
+    /// `.entry` (`q_proj` matches `model.language_model.layers.0.self_attn.q_proj`).
+    Names(Vec<String>),
+    /// PEFT string semantics: `re.fullmatch(pattern, module_name)`.
+    Regex(String),
+}
+
+/// LoRA hyper-parameters (`swift sft --lora_rank --lora_alpha --lora_dropout --use_rslora`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSpec {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub use_rslora: bool,
+    pub targets: TargetSelector,
+}
+
+impl LoraSpec {
+    /// `alpha / r`, or `alpha / √r` with rsLoRA.
+    pub fn scaling(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
+    }
+}
+
+/// Pick the target modules among `names` (HF ≥ 4.52 module names of every linear layer).
+pub fn select_targets(names: &[String], sel: &TargetSelector) -> Result<Vec<String>, ModelError> {
+    let picked: Vec<String> = match sel {
+        TargetSelector::AllLinear { vit, aligner, llm } => names
+            .iter()
+            .filter(|n| {
+                if n.starts_with("model.language_model.") {
+                    *llm
+                } else if n.starts_with("model.visual.blocks.") {
+                    *vit
+                } else if n.starts_with("model.visual.merger.") {
+                    *aligner
+                } else {
+                    false
+                }
+            })
+            .cloned()
+            .collect(),
+        TargetSelector::Names(wanted) => {
+            let matches = |n: &str, w: &str| n == w || n.ends_with(&format!(".{w}"));
+            if let Some(bad) = wanted.iter().find(|w| !names.iter().any(|n| matches(n, w))) {
+                return Err(ModelError::Lora(format!(
+                    "target module {bad:?} matches no linear layer; available: {}",
+                    name_patterns(names).join(", ")
+                )));
+            }
+            names
+                .iter()
+                .filter(|n| wanted.iter().any(|w| matches(n, w)))
+                .cloned()
+                .collect()
+        }
+        TargetSelector::Regex(pattern) => {
+            let re = Regex::new(&format!("^(?:{pattern})$"))
+                .map_err(|e| ModelError::Lora(format!("target_modules regex {pattern:?}: {e}")))?;
+            names.iter().filter(|n| re.is_match(n)).cloned().collect()
+        }
+    };
+    if picked.is_empty() {
+        return Err(ModelError::Lora(format!(
+            "target modules {sel:?} select no linear layer; available: {}",
+            name_patterns(names).join(", ")
+        )));
+    }
+    Ok(picked)
+}
+
+/// Distinct module names with layer indices replaced by `*`, for error messages.
+pub fn name_patterns(names: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        let p: Vec<&str> = n
+            .split('.')
+            .enumerate()
+            .map(|(i, part)| {
+                let prev = n.split('.').nth(i.wrapping_sub(1)).unwrap_or("");
+                if (prev == "layers" || prev == "blocks") && part.parse::<usize>().is_ok() {
+                    "*"
+                } else {
+                    part
+                }
+            })
+            .collect();
+        let p = p.join(".");
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A 32-byte ChaCha seed from the run seed and a stable label.
+pub fn derive_seed(seed: u64, label: &str) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&seed.to_le_bytes());
+    h.update(label.as_bytes());
+    *h.finalize().as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Vec<String> {
+        [
+            "model.visual.blocks.0.attn.qkv",
+            "model.visual.blocks.0.mlp.up_proj",
+            "model.visual.merger.mlp.0",
+            "model.visual.merger.mlp.2",
+            "model.language_model.layers.0.self_attn.q_proj",
+            "model.language_model.layers.0.mlp.down_proj",
+            "model.language_model.layers.1.self_attn.q_proj",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    #[test]
+    fn selectors() {
+        let all = |vit, aligner, llm| TargetSelector::AllLinear { vit, aligner, llm };
+        assert_eq!(
+            select_targets(&names(), &all(false, false, true))
+                .unwrap()
+                .len(),
+            3
+        );
+        assert_eq!(
+            select_targets(&names(), &all(true, false, true))
+                .unwrap()
+                .len(),
+            5
+        );
+        assert_eq!(
+            select_targets(&names(), &all(true, true, true))
+                .unwrap()
+                .len(),
+            7
+        );
+        let by_name = TargetSelector::Names(vec!["q_proj".into(), "mlp.0".into()]);
+        assert_eq!(select_targets(&names(), &by_name).unwrap().len(), 3);
+        let re = TargetSelector::Regex(r".*layers\.\d+\.self_attn\.q_proj".into());
+        assert_eq!(select_targets(&names(), &re).unwrap().len(), 2);
+        // fullmatch: a bare suffix does not match as a regex.
+        assert!(select_targets(&names(), &TargetSelector::Regex("q_proj".into())).is_err());
+    }
+
+    #[test]
+    fn unknown_name_lists_available() {
+        let e = select_targets(&names(), &TargetSelector::Names(vec!["qproj".into()]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"qproj\""), "{e}");
+        assert!(
+            e.contains("model.language_model.layers.*.self_attn.q_proj"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn scaling() {
+        let mut s = LoraSpec {
+            r: 16,
+            alpha: 32.0,
+            dropout: 0.0,
+            use_rslora: false,
+            targets: TargetSelector::Names(vec![]),
+        };
+        assert_eq!(s.scaling(), 2.0);
+        s.use_rslora = true;
+        assert_eq!(s.scaling(), 8.0);
+    }
+}
