@@ -20,6 +20,7 @@ pub mod outputs;
 pub mod params;
 pub mod safetensors_io;
 pub mod schedule;
+pub mod seq_cls;
 pub mod trainer;
 
 pub use classifier::{Classifier, InMemorySet, PeftState, SampleSet};
