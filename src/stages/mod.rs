@@ -1,3 +1,25 @@
-//! One module per stage kind: thin glue from validated params to the ML pieces.
+//! Stage kinds: thin glue from validated experiment params to the data/model/train code.
+//! One file per kind, each implementing `graph::Stage`; this module only maps a
+//! validated stage spec to its implementation, so adding a kind touches no executor code.
 
+use crate::experiment::{Common, StageParams, StageSpec};
+use crate::graph::{Stage, StageError};
+
+pub mod dataset;
 pub mod train;
+
+/// Build the stage for `spec` (`graph::Plan::build` takes this as its factory).
+pub fn build(spec: &StageSpec, common: &Common) -> Result<Box<dyn Stage>, StageError> {
+    match &spec.params {
+        StageParams::Dataset(p) => Ok(Box::new(dataset::DatasetStage::new(p.clone(), common)?)),
+        StageParams::Train(p) => Ok(Box::new(train::TrainStage::new(p.clone(), common)?)),
+        StageParams::Export(_p) => not_built("export"),
+        StageParams::Score(_p) => not_built("score"),
+    }
+}
+
+fn not_built(kind: &str) -> Result<Box<dyn Stage>, StageError> {
+    Err(StageError::Input(format!(
+        "stage kind `{kind}` is not built into this binary"
+    )))
+}
