@@ -1,7 +1,8 @@
-//! Reports of scored splits: metrics, scores.jsonl lines, tables, plots.
+//! Reports: metrics of scored splits, scores.jsonl lines, tables, plots (PNG).
 
 pub mod confusion;
 pub mod font;
 pub mod metrics;
+pub mod plot;
 pub mod scores;
 pub mod table;
