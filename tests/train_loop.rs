@@ -9,8 +9,11 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use pipeline::adapter::keys::{Factor, lora_key, score_key};
+use pipeline::adapter::peft::WEIGHTS_FILE;
+use pipeline::adapter::targets::TargetModules;
+use pipeline::adapter::{AdapterConfig, read_peft_state};
 use pipeline::backend::CpuBackend;
-use pipeline::train::adapter_io::{self, AdapterConfig, TargetModules};
 use pipeline::train::checkpoint::BestMetric;
 use pipeline::train::loss::{Problem, Target};
 use pipeline::train::metrics_log::without_time;
@@ -77,9 +80,9 @@ impl<B: Backend> PeftState for Probe<B> {
         // Burn Linear weights are [in, out]; PEFT stores [out, in].
         let t = |l: &Linear<B>| l.weight.val().transpose().into_data();
         vec![
-            (adapter_io::lora_a_key("model.proj"), t(&self.lora_a)),
-            (adapter_io::lora_b_key("model.proj"), t(&self.lora_b)),
-            (adapter_io::SCORE_KEY.to_string(), t(&self.score)),
+            (lora_key("model.proj", Factor::A), t(&self.lora_a)),
+            (lora_key("model.proj", Factor::B), t(&self.lora_b)),
+            (score_key(), t(&self.score)),
         ]
     }
 }
@@ -145,9 +148,9 @@ fn adapter_config() -> AdapterConfig {
         lora_alpha: 4.0,
         lora_dropout: 0.1,
         use_rslora: false,
-        target_modules: TargetModules::Names(vec!["model.proj".into()]),
+        target_modules: TargetModules::List(vec!["model.proj".into()]),
         modules_to_save: vec!["score".into()],
-        base_model_name_or_path: None,
+        base_model_name_or_path: String::new(),
     }
 }
 
@@ -178,7 +181,7 @@ fn log_lines(dir: &Path) -> Vec<Map<String, Value>> {
 }
 
 fn adapter_bytes(dir: &Path) -> Vec<u8> {
-    std::fs::read(dir.join("adapter").join(adapter_io::WEIGHTS_FILE)).unwrap()
+    std::fs::read(dir.join("adapter").join(WEIGHTS_FILE)).unwrap()
 }
 
 #[test]
@@ -324,9 +327,9 @@ fn log_format_checkpoints_and_outputs() {
     assert_eq!(best_file.trim(), best);
 
     // The final adapter is a PEFT adapter with the checkpoint's tensors.
-    let (cfg, tensors) = adapter_io::read_adapter(&dir.path().join("adapter")).unwrap();
+    let (cfg, tensors) = read_peft_state(&dir.path().join("adapter")).unwrap();
     assert_eq!(cfg, adapter_config());
-    let (_, last) = adapter_io::read_adapter(&dir.path().join("checkpoint-15")).unwrap();
+    let (_, last) = read_peft_state(&dir.path().join("checkpoint-15")).unwrap();
     assert_eq!(tensors, last);
     assert_eq!(tensors.len(), 3);
     let metrics: Value =

@@ -10,11 +10,12 @@
 
 use burn::backend::Autodiff;
 use burn::tensor::{DType, Tensor, TensorData};
+use pipeline::adapter::keys::{AdapterKey, Factor, lora_key, parse_adapter_key, score_key};
+use pipeline::adapter::read_peft_state;
 use pipeline::backend::CpuBackend;
 use pipeline::model::inputs::SampleInputs;
 use pipeline::model::lora::{LoraSpec, TargetSelector, select_targets};
 use pipeline::model::{SeqClassifier, WeightsSource, load_classifier_from};
-use pipeline::train::adapter_io;
 use pipeline::train::checkpoint::BestMetric;
 use pipeline::train::loss::{self, Problem, Target};
 use pipeline::train::optimizer::AdamWConfig;
@@ -80,18 +81,22 @@ fn model() -> SeqClassifier<AD> {
         &device,
     )
     .unwrap();
-    let (cfg, tensors) = adapter_io::read_adapter(&fixtures().join("initial_adapter")).unwrap();
+    let (cfg, tensors) = read_peft_state(&fixtures().join("initial_adapter")).unwrap();
     assert_eq!((cfg.r, cfg.lora_alpha), (4, 8.0));
     let t = |d: &TensorData| Tensor::<AD, 2>::from_data(d.clone(), &device);
     let mut a = BTreeMap::new();
     let mut b = BTreeMap::new();
     let mut score = None;
     for (k, d) in &tensors {
-        match adapter_io::parse_lora_key(k) {
-            Some((m, 'A')) => drop(a.insert(m.to_string(), t(d))),
-            Some((m, _)) => drop(b.insert(m.to_string(), t(d))),
-            None if k == adapter_io::SCORE_KEY => score = Some(t(d)),
-            None => panic!("unexpected key {k}"),
+        match parse_adapter_key(k) {
+            Ok(AdapterKey::Lora {
+                module,
+                factor: Factor::A,
+                ..
+            }) => drop(a.insert(module, t(d))),
+            Ok(AdapterKey::Lora { module, .. }) => drop(b.insert(module, t(d))),
+            Ok(AdapterKey::ScoreWeight) => score = Some(t(d)),
+            Err(e) => panic!("unexpected key {k}: {e:?}"),
         }
     }
     // PEFT's regex for ms-swift all-linear (freeze_vit false) wrapped exactly our selection.
@@ -173,13 +178,10 @@ fn one_forward_backward_matches_peft() {
         n += 1;
     };
     for (name, a, b) in m.lora_weights() {
-        check(adapter_io::lora_a_key(&name), a.grad(&grads).unwrap());
-        check(adapter_io::lora_b_key(&name), b.grad(&grads).unwrap());
+        check(lora_key(&name, Factor::A), a.grad(&grads).unwrap());
+        check(lora_key(&name, Factor::B), b.grad(&grads).unwrap());
     }
-    check(
-        adapter_io::SCORE_KEY.into(),
-        m.score_weight().grad(&grads).unwrap(),
-    );
+    check(score_key(), m.score_weight().grad(&grads).unwrap());
     assert_eq!(n, t.keys().filter(|k| k.starts_with("grad.")).count());
     eprintln!("{n} gradients, worst rel err {worst:.2e}");
 }
@@ -217,7 +219,7 @@ fn three_adamw_steps_with_accumulation_match_transformers() {
         seed: 42,
     };
     let dir = tempfile::tempdir().unwrap();
-    let (cfg, _) = adapter_io::read_adapter(&fixtures().join("initial_adapter")).unwrap();
+    let (cfg, _) = read_peft_state(&fixtures().join("initial_adapter")).unwrap();
     let opts = RunOptions {
         out_dir: dir.path(),
         adapter_config: cfg,
@@ -270,6 +272,6 @@ fn three_adamw_steps_with_accumulation_match_transformers() {
         finals.len()
     );
     // The saved adapter holds the same tensors.
-    let (_, saved) = adapter_io::read_adapter(&dir.path().join("checkpoint-3")).unwrap();
+    let (_, saved) = read_peft_state(&dir.path().join("checkpoint-3")).unwrap();
     assert_eq!(saved.len(), finals.len());
 }

@@ -15,7 +15,10 @@ pub mod targets;
 
 use std::path::PathBuf;
 
-pub use peft::{AdapterConfig, LoraPair, PeftAdapter, read_peft_adapter, write_peft_adapter};
+pub use peft::{
+    AdapterConfig, LoraPair, PeftAdapter, read_peft_adapter, read_peft_state, write_peft_adapter,
+    write_peft_state,
+};
 
 /// What can go wrong reading, writing or applying an adapter. Messages name the file and
 /// the offending key or field.

@@ -236,18 +236,32 @@ pub fn write_peft_adapter(
     modules: &[LoraPair],
     score: Option<&TensorData>,
 ) -> Result<(), AdapterError> {
+    let mut tensors = Vec::with_capacity(modules.len() * 2 + 1);
+    for p in modules {
+        tensors.push((keys::lora_key(&p.module, Factor::A), p.a.clone()));
+        tensors.push((keys::lora_key(&p.module, Factor::B), p.b.clone()));
+    }
+    if let Some(s) = score {
+        tensors.push((keys::score_key(), s.clone()));
+    }
+    write_peft_state(dir, config, &tensors)
+}
+
+/// Write an adapter directory from a PEFT state dict (keys already in PEFT form, e.g.
+/// from [`keys::lora_key`]); tensors are stored as f32. The directory is created.
+pub fn write_peft_state(
+    dir: &Path,
+    config: &AdapterConfig,
+    tensors: &[(String, TensorData)],
+) -> Result<(), AdapterError> {
     std::fs::create_dir_all(dir).map_err(|source| AdapterError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
-    let mut tensors = Vec::with_capacity(modules.len() * 2 + 1);
-    for p in modules {
-        tensors.push((keys::lora_key(&p.module, Factor::A), to_f32(&p.a)));
-        tensors.push((keys::lora_key(&p.module, Factor::B), to_f32(&p.b)));
-    }
-    if let Some(s) = score {
-        tensors.push((keys::score_key(), to_f32(s)));
-    }
+    let tensors: Vec<(String, TensorData)> = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), to_f32(t)))
+        .collect();
     write_tensors(&dir.join(WEIGHTS_FILE), &tensors)?;
     let cfg_path = dir.join(CONFIG_FILE);
     let text = serde_json::to_string_pretty(&config.to_json()).expect("JSON values serialize");
@@ -257,9 +271,11 @@ pub fn write_peft_adapter(
     })
 }
 
-/// Read an adapter directory: parse the config, map keys of either layout to current
-/// module names, pair A with B, check ranks against `r`. Tensors come back as f32.
-pub fn read_peft_adapter(dir: &Path) -> Result<PeftAdapter, AdapterError> {
+/// Read an adapter directory as its config and raw PEFT state dict (keys as stored,
+/// sorted, any dtype). [`read_peft_adapter`] interprets the keys.
+pub fn read_peft_state(
+    dir: &Path,
+) -> Result<(AdapterConfig, Vec<(String, TensorData)>), AdapterError> {
     let cfg_path = dir.join(CONFIG_FILE);
     if !cfg_path.is_file() {
         return Err(AdapterError::NotAnAdapter {
@@ -276,7 +292,6 @@ pub fn read_peft_adapter(dir: &Path) -> Result<PeftAdapter, AdapterError> {
         source,
     })?;
     let config = AdapterConfig::from_json(&value, &cfg_path)?;
-
     let weights = dir.join(WEIGHTS_FILE);
     if !weights.is_file() {
         if dir.join("adapter_model.bin").is_file() {
@@ -290,6 +305,14 @@ pub fn read_peft_adapter(dir: &Path) -> Result<PeftAdapter, AdapterError> {
             missing: WEIGHTS_FILE,
         });
     }
+    Ok((config, read_tensors(&weights)?))
+}
+
+/// Read an adapter directory: parse the config, map keys of either layout to current
+/// module names, pair A with B, check ranks against `r`. Tensors come back as f32.
+pub fn read_peft_adapter(dir: &Path) -> Result<PeftAdapter, AdapterError> {
+    let (config, state) = read_peft_state(dir)?;
+    let weights = dir.join(WEIGHTS_FILE);
     let tensor_err = |key: &str, message: String| AdapterError::Tensor {
         path: weights.clone(),
         key: key.to_string(),
@@ -299,7 +322,7 @@ pub fn read_peft_adapter(dir: &Path) -> Result<PeftAdapter, AdapterError> {
     let mut halves: BTreeMap<String, (Option<TensorData>, Option<TensorData>)> = BTreeMap::new();
     let mut score = None;
     let mut layout = None;
-    for (key, data) in read_tensors(&weights)? {
+    for (key, data) in state {
         match keys::parse_adapter_key(&key) {
             Ok(AdapterKey::ScoreWeight) => {
                 if data.shape.len() != 2 {

@@ -156,6 +156,66 @@ pub fn exact_regex(modules: &[String]) -> String {
     format!("^(?:{})$", alternatives.join("|"))
 }
 
+/// The shortest regex we offer for `wrapped` among the model's linear layers `all`
+/// (current-layout names): layer/block indices generalised to `\d+` when that still
+/// selects exactly `wrapped` (the usual "every layer" case, e.g. ms-swift's all-linear),
+/// otherwise [`exact_regex`]. Either form matches both transformers layouts.
+pub fn target_regex(wrapped: &[String], all: &[String]) -> String {
+    let generalise = |name: &str| {
+        let (prefix, rest) = if let Some(r) = name.strip_prefix("model.language_model.") {
+            (r"model\.(?:language_model\.)?", r)
+        } else if let Some(r) = name.strip_prefix("model.visual.") {
+            (r"(?:model\.)?visual\.", r)
+        } else {
+            ("", name)
+        };
+        let parts: Vec<String> = rest
+            .split('.')
+            .map(|p| {
+                if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) {
+                    r"\d+".to_string()
+                } else {
+                    regex_escape(p)
+                }
+            })
+            .collect();
+        // Split after the first index: `…layers\.\d+\.` | `self_attn\.q_proj`.
+        match parts.iter().position(|p| p == r"\d+") {
+            Some(i) if i + 1 < parts.len() => (
+                format!("{prefix}{}\\.", parts[..=i].join(r"\.")),
+                parts[i + 1..].join(r"\."),
+            ),
+            _ => (format!("{prefix}{}", parts.join(r"\.")), String::new()),
+        }
+    };
+    let mut groups: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for n in wrapped {
+        let (head, tail) = generalise(n);
+        groups.entry(head).or_default().insert(tail);
+    }
+    let alternatives: Vec<String> = groups
+        .into_iter()
+        .map(|(head, tails)| match tails.len() {
+            1 if tails.contains("") => head,
+            1 => format!("{head}{}", tails.into_iter().next().unwrap_or_default()),
+            _ => format!(
+                "{head}(?:{})",
+                tails.into_iter().collect::<Vec<_>>().join("|")
+            ),
+        })
+        .collect();
+    let compact = format!("^(?:{})$", alternatives.join("|"));
+    if let Ok(m) = TargetModules::Regex(compact.clone()).matcher() {
+        let want: std::collections::BTreeSet<&String> = wrapped.iter().collect();
+        let got: std::collections::BTreeSet<&String> =
+            all.iter().filter(|n| m.matches(n)).collect();
+        if want == got {
+            return compact;
+        }
+    }
+    exact_regex(wrapped)
+}
+
 /// Escape regex metacharacters (module names only contain `.`, `_`, letters, digits).
 fn regex_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 8);
@@ -259,6 +319,55 @@ mod tests {
         assert!(
             m.matches("visual.merger.mlp.0"),
             "legacy spelling of the merger"
+        );
+    }
+
+    #[test]
+    fn target_regex_is_compact_when_every_layer_is_wrapped() {
+        let all = linear_names();
+        let wrapped: Vec<String> = all
+            .iter()
+            .filter(|n| !n.contains("merger"))
+            .cloned()
+            .collect();
+        let re = target_regex(&wrapped, &all);
+        assert!(re.contains(r"\d+") && re.len() < 400, "{re}");
+        let m = TargetModules::Regex(re.clone()).matcher().unwrap();
+        assert_eq!(
+            all.iter()
+                .filter(|n| m.matches(n))
+                .cloned()
+                .collect::<Vec<_>>(),
+            wrapped
+        );
+        assert!(
+            m.matches("model.layers.0.self_attn.q_proj"),
+            "legacy text name: {re}"
+        );
+        assert!(
+            m.matches("visual.blocks.3.attn.qkv"),
+            "legacy vision name: {re}"
+        );
+        // Only some layers: generalising would over-select, so the indices are listed.
+        let some: Vec<String> = all
+            .iter()
+            .filter(|n| n.contains("layers.1."))
+            .cloned()
+            .collect();
+        let re = target_regex(&some, &all);
+        assert!(!re.contains(r"\d+"), "{re}");
+        let m = TargetModules::Regex(re).matcher().unwrap();
+        assert_eq!(
+            all.iter()
+                .filter(|n| m.matches(n))
+                .cloned()
+                .collect::<Vec<_>>(),
+            some
+        );
+        // Names outside Qwen's layout are escaped as they are.
+        assert_eq!(
+            target_regex(&["model.proj".to_string()], &["model.proj".to_string()]),
+            r"^(?:model\.proj)$"
         );
     }
 

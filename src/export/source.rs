@@ -53,32 +53,6 @@ pub fn base_config(source: &ModelSource) -> Result<Value, String> {
     }
 }
 
-/// Where a stage computes (until `backend` offers a shared resolver).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compute {
-    Cpu,
-    Cuda(usize),
-}
-
-/// `device` setting (`auto` | `cpu` | `cuda` | `cuda:N`), a scheduler pin winning.
-pub fn compute_device(setting: &str, pinned: Option<&str>) -> Result<Compute, String> {
-    let s = pinned.unwrap_or(setting);
-    match s {
-        "auto" => Ok(if Path::new("/proc/driver/nvidia/version").exists() {
-            Compute::Cuda(0)
-        } else {
-            Compute::Cpu
-        }),
-        "cpu" => Ok(Compute::Cpu),
-        "cuda" => Ok(Compute::Cuda(0)),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(Compute::Cuda)
-            .ok_or_else(|| format!("device {s:?} is not valid (valid: auto, cpu, cuda, cuda:N)")),
-    }
-}
-
 /// The adapter directory of a train stage's output for `checkpoint`: `last` → the final
 /// `adapter/`, `best` → the checkpoint the `best` file names.
 pub fn train_adapter_dir(train_dir: &Path, checkpoint: &str) -> Result<PathBuf, String> {
@@ -171,12 +145,5 @@ mod tests {
         assert_eq!(cfg["model_type"], "qwen2_5_vl");
         assert_eq!(model_dtype("bfloat16").unwrap().1, "bfloat16");
         assert!(model_dtype("float16").is_err());
-        assert_eq!(compute_device("auto", Some("cuda:1")), Ok(Compute::Cuda(1)));
-        assert_eq!(compute_device("cpu", None), Ok(Compute::Cpu));
-        assert!(
-            compute_device("tpu", None)
-                .unwrap_err()
-                .contains("auto, cpu, cuda, cuda:N")
-        );
     }
 }

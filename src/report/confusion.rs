@@ -9,7 +9,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::font::{FAMILY, PlotError, register_font};
+use super::plot::{FAMILY, PlotError, register_font};
 
 /// Render `confusion[gold][pred]` to `path`. `class_names` (index order) label the axes
 /// when given (shortened to 14 characters), else class indices.

@@ -1,7 +1,6 @@
 //! Reports: metrics of scored splits, scores.jsonl lines, tables, plots (PNG).
 
 pub mod confusion;
-pub mod font;
 pub mod metrics;
 pub mod plot;
 pub mod scores;

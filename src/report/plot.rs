@@ -14,7 +14,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
-const FAMILY: &str = "sans-serif";
+/// Family name the embedded font is registered under.
+pub const FAMILY: &str = "sans-serif";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
@@ -24,7 +25,8 @@ pub enum PlotError {
     Draw { path: String, message: String },
 }
 
-fn register_font() -> Result<(), PlotError> {
+/// Register the embedded font with plotters (idempotent).
+pub fn register_font() -> Result<(), PlotError> {
     static DONE: OnceLock<bool> = OnceLock::new();
     let ok = *DONE
         .get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());

@@ -7,13 +7,14 @@
 //! `train_curves.png`. Resumable: a rerun with the same key continues from the newest
 //! complete checkpoint in its output directory.
 
+use crate::adapter::targets::{TargetModules, target_regex};
+use crate::adapter::{AdapterConfig, read_peft_adapter};
 use crate::backend::{ComputeDevice, CpuBackend, CudaBackend, resolve_device};
 use crate::data::record::load_split;
 use crate::experiment::schema::{Common, TargetModules as RawTargets, TrainParams};
 use crate::graph::{Stage, StageContext, StageError};
 use crate::model::lora::{LoraSpec, TargetSelector, select_targets};
 use crate::model::{SeqClassifier, WeightsSource, load_classifier_from};
-use crate::train::adapter_io::{self, AdapterConfig};
 use crate::train::checkpoint::BestMetric;
 use crate::train::loss::Problem;
 use crate::train::optimizer::AdamWConfig;
@@ -22,8 +23,8 @@ use crate::train::schedule::ScheduleKind;
 use crate::train::seq_cls::{PIXEL_CACHE_BYTES, RecordSet, pixel_bytes, target_of};
 use crate::train::{PeftState, RunOptions, TrainError, TrainSpec, outputs, train};
 use burn::backend::Autodiff;
+use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{DType, Tensor};
 use std::path::{Path, PathBuf};
 
 /// Bump when the artifacts change.
@@ -243,8 +244,8 @@ impl Stage for TrainStage {
         }
         if let Some(a) = &self.params.adapter {
             let a = PathBuf::from(a);
-            files.push(a.join(adapter_io::CONFIG_FILE));
-            files.push(a.join(adapter_io::WEIGHTS_FILE));
+            files.push(a.join(crate::adapter::peft::CONFIG_FILE));
+            files.push(a.join(crate::adapter::peft::WEIGHTS_FILE));
         }
         Ok(files)
     }
@@ -369,16 +370,19 @@ impl TrainStage {
             load_classifier_from(self.source()?, num_labels, dtype, self.common.seed, &device)
                 .map_err(|e| input(e.to_string()))?;
         let all_linear = model.linear_names();
-        let model = match &self.params.adapter {
+        // The LoRA hyper-parameters saved with every checkpoint: the experiment's, or those
+        // of the adapter training starts from.
+        let (model, lora) = match &self.params.adapter {
             None => {
                 // Check the selection first: a clear list of what exists beats a deep error.
                 select_targets(&all_linear, &self.lora.targets)
                     .map_err(|e| input(e.to_string()))?;
-                model
+                let model = model
                     .apply_lora(&self.lora, self.common.seed)
-                    .map_err(|e| input(e.to_string()))?
+                    .map_err(|e| input(e.to_string()))?;
+                (model, self.lora.clone())
             }
-            Some(dir) => load_adapter(model, &self.lora, Path::new(dir), num_labels, &device)?,
+            Some(dir) => load_adapter(model, &self.lora, Path::new(dir))?,
         };
         let wrapped: Vec<String> = model
             .lora_weights()
@@ -407,13 +411,13 @@ impl TrainStage {
         let val_set = val_recs.map(|v| to_set(v, "val", cache_val)).transpose()?;
 
         let adapter_config = AdapterConfig {
-            r: self.lora.r,
-            lora_alpha: self.lora.alpha,
-            lora_dropout: self.lora.dropout,
-            use_rslora: self.lora.use_rslora,
-            target_modules: adapter_io::target_modules_for(&wrapped, &all_linear),
+            r: lora.r,
+            lora_alpha: lora.alpha,
+            lora_dropout: lora.dropout,
+            use_rslora: lora.use_rslora,
+            target_modules: TargetModules::Regex(target_regex(&wrapped, &all_linear)),
             modules_to_save: vec!["score".into()],
-            base_model_name_or_path: self.common.model.path.clone(),
+            base_model_name_or_path: crate::export::source::base_model_name(&self.common.model),
         };
         let progress = ctx.progress.add(indicatif::ProgressBar::new(0));
         progress.set_style(
@@ -470,56 +474,25 @@ impl TrainStage {
     }
 }
 
-/// Start from an existing PEFT adapter: its A/B on the named modules and its score head.
+/// Start from an existing PEFT adapter (either transformers key layout, e.g. an ms-swift
+/// checkpoint): checked against the model (first mismatch named), then its A/B on the named
+/// modules and its score head. Returns the model and the adapter's LoRA hyper-parameters.
 fn load_adapter<B: AutodiffBackend>(
     model: SeqClassifier<B>,
     lora: &LoraSpec,
     dir: &Path,
-    num_labels: usize,
-    device: &B::Device,
-) -> Result<SeqClassifier<B>, StageError> {
-    let (cfg, tensors) = adapter_io::read_adapter(dir).map_err(input)?;
-    if cfg.r != lora.r {
+) -> Result<(SeqClassifier<B>, LoraSpec), StageError> {
+    let adapter = read_peft_adapter(dir).map_err(|e| input(e.to_string()))?;
+    if adapter.config.r != lora.r {
         return Err(input(format!(
             "{}: the adapter has r = {} but lora_rank = {}",
             dir.display(),
-            cfg.r,
+            adapter.config.r,
             lora.r
         )));
     }
-    let to_tensor =
-        |d: &burn::tensor::TensorData| Tensor::<B, 2>::from_data(d.clone(), (device, DType::F32));
-    let mut a = std::collections::BTreeMap::new();
-    let mut b = std::collections::BTreeMap::new();
-    let mut score = None;
-    for (k, d) in &tensors {
-        if k == adapter_io::SCORE_KEY {
-            let rows = d.shape[0];
-            if rows != num_labels {
-                return Err(input(format!(
-                    "{}: the adapter's score head has {rows} labels but [task] num_labels = {num_labels}",
-                    dir.display()
-                )));
-            }
-            score = Some(to_tensor(d));
-        } else if let Some((m, which)) = adapter_io::parse_lora_key(k) {
-            let map = if which == 'A' { &mut a } else { &mut b };
-            map.insert(m.to_string(), to_tensor(d));
-        }
-    }
-    let mut adapters = Vec::new();
-    for (m, ta) in a {
-        let tb = b
-            .remove(&m)
-            .ok_or_else(|| input(format!("{}: {m} has lora_A but no lora_B", dir.display())))?;
-        adapters.push((m, ta, tb));
-    }
-    let spec = LoraSpec {
-        alpha: cfg.lora_alpha,
-        use_rslora: cfg.use_rslora,
-        ..lora.clone()
-    };
-    model
-        .load_lora_weights(&spec, adapters, score)
-        .map_err(|e| input(format!("{}: {e}", dir.display())))
+    let spec = crate::adapter::apply::lora_spec(&adapter);
+    let model =
+        crate::adapter::apply::apply_adapter(model, &adapter).map_err(|e| input(e.to_string()))?;
+    Ok((model, spec))
 }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! checkpoint-N/
-//!   adapter_config.json, adapter_model.safetensors   PEFT adapter (train::adapter_io)
+//!   adapter_config.json, adapter_model.safetensors   PEFT adapter (crate::adapter)
 //!   train_state.safetensors   trainable params (`param.<path>`) and AdamW moments
 //!                             (`<path>.exp_avg`, `<path>.exp_avg_sq`), f32, by Burn path
 //!   trainer_state.json        TrainerState: step, data position, accumulators, log history
@@ -12,7 +12,7 @@
 //! backend before every micro-batch from (seed, step, micro-batch), so dropout masks depend
 //! only on the position in training.
 
-use crate::train::adapter_io::{self, AdapterConfig};
+use crate::adapter::{AdapterConfig, write_peft_state};
 use crate::train::safetensors_io;
 use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
@@ -113,7 +113,7 @@ pub fn write(
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir_all(&tmp)?;
-    adapter_io::write_adapter(&tmp, adapter.0, adapter.1)?;
+    write_peft_state(&tmp, adapter.0, adapter.1).map_err(std::io::Error::other)?;
     let mut tensors: Vec<(String, TensorData)> = params
         .iter()
         .map(|(p, d)| (format!("{PARAM_PREFIX}{p}"), d.clone()))

@@ -18,7 +18,7 @@ pub trait Classifier<B: Backend, S>: Module<B> {
 }
 
 /// The trainable weights in PEFT's adapter layout (key names as in
-/// `adapter_model.safetensors`, see `train::adapter_io`).
+/// `adapter_model.safetensors`, see `crate::adapter`).
 pub trait PeftState {
     /// `(key, f32 tensor)` pairs: `base_model.model.<module>.lora_A.weight` `[r, in]`,
     /// `...lora_B.weight` `[out, r]`, `base_model.model.score.weight` `[num_labels, hidden]`.

@@ -5,10 +5,9 @@
 //! - [`classifier`]: the traits the loop needs from a model ([`Classifier`], [`PeftState`])
 //!   and a split ([`SampleSet`]).
 //! - [`optimizer`]: torch-exact AdamW and `clip_grad_norm_`; [`schedule`]: lr schedules.
-//! - [`checkpoint`], [`adapter_io`] (PEFT adapter format, shared with export),
+//! - [`checkpoint`] (PEFT adapter format via `crate::adapter`, shared with export),
 //!   [`metrics_log`] (`logging.jsonl`), [`outputs`] (final artifacts and curves).
 
-pub mod adapter_io;
 pub mod checkpoint;
 pub mod classifier;
 pub mod data_order;

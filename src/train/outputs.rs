@@ -2,9 +2,9 @@
 //! `adapter/` (final PEFT adapter), `best` (a file naming the best checkpoint directory),
 //! `metrics.json` (final eval metrics, no time fields), `train_curves.png`.
 
+use crate::adapter::{AdapterConfig, write_peft_state};
 use crate::report::plot::{Chart, Series, render_grid};
 use crate::train::TrainError;
-use crate::train::adapter_io::{self, AdapterConfig};
 use crate::train::trainer::TrainOutcome;
 use burn::tensor::TensorData;
 use serde_json::{Map, Value, json};
@@ -26,7 +26,7 @@ pub fn finish(
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
-    adapter_io::write_adapter(&dir, adapter_config, adapter)?;
+    write_peft_state(&dir, adapter_config, adapter).map_err(std::io::Error::other)?;
     // Without evaluations the last checkpoint stands in for the best one.
     let best = outcome
         .best_checkpoint

@@ -3,12 +3,12 @@
 //! the same collator), PEFT names for the trainable tensors, and splits whose pixel rows
 //! are computed once per run and kept in memory when they fit a budget.
 
+use crate::adapter::keys::{Factor, lora_key, score_key};
 use crate::data::record::{Label, Record};
 use crate::model::SeqClassifier;
 use crate::model::config::ModelConfig;
 use crate::model::inputs::{PaddingSide, SampleInputs, collate};
 use crate::model::processor::pixel_rows;
-use crate::train::adapter_io;
 use crate::train::classifier::{Classifier, PeftState, SampleSet};
 use crate::train::loss::{Problem, Target};
 use burn::tensor::backend::Backend;
@@ -48,10 +48,10 @@ impl<B: Backend> PeftState for SeqClassifier<B> {
         let f32 = |t: Tensor<B, 2>| t.cast(DType::F32).into_data();
         let mut out = Vec::new();
         for (name, a, b) in self.lora_weights() {
-            out.push((adapter_io::lora_a_key(&name), f32(a)));
-            out.push((adapter_io::lora_b_key(&name), f32(b)));
+            out.push((lora_key(&name, Factor::A), f32(a)));
+            out.push((lora_key(&name, Factor::B), f32(b)));
         }
-        out.push((adapter_io::SCORE_KEY.to_string(), f32(self.score_weight())));
+        out.push((score_key(), f32(self.score_weight())));
         out
     }
 }

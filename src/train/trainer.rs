@@ -9,8 +9,8 @@
 //! accuracy accumulators, log history) and training continues; the result is bit-for-bit
 //! the uninterrupted one on a deterministic backend (time fields of the log aside).
 
+use crate::adapter::AdapterConfig;
 use crate::train::TrainError;
-use crate::train::adapter_io::AdapterConfig;
 use crate::train::checkpoint::{self, BestMetric, TrainerState};
 use crate::train::classifier::{Classifier, PeftState, SampleSet};
 use crate::train::data_order::{self, EpochPlan};
