@@ -10,6 +10,7 @@
 //! - `stages`: thin glue from validated experiment params to the pieces above
 
 pub mod backend;
+pub mod bench;
 pub mod data;
 pub mod experiment;
 pub mod graph;
