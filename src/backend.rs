@@ -117,7 +117,10 @@ pub fn resolve_device_with(
                 ),
                 CudaProbe::NoDriver(why) | CudaProbe::NoGpu(why) => (
                     DeviceKind::Cpu,
-                    format!("device = \"auto\": no CUDA ({why}), using the {}", cpu_note()),
+                    format!(
+                        "device = \"auto\": no CUDA ({why}), using the {}",
+                        cpu_note()
+                    ),
                 ),
             });
         }
@@ -299,7 +302,10 @@ mod tests {
         assert!(why.starts_with("device = \"cpu\": CPU"), "{why}");
         let (k, why) = resolve_device_with("auto", &none).unwrap();
         assert_eq!(k, DeviceKind::Cpu);
-        assert!(why.contains("libcuda.so.1 not loadable") && why.contains("CPU"), "{why}");
+        assert!(
+            why.contains("libcuda.so.1 not loadable") && why.contains("CPU"),
+            "{why}"
+        );
         let (k, _) = resolve_device_with(" AUTO ", &present(2)).unwrap();
         assert_eq!(k, DeviceKind::Cuda(0));
     }
@@ -317,7 +323,10 @@ mod tests {
         let e = resolve_device_with("cuda:0", &nogpu)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("no usable GPU") && e.contains("CUresult 100"), "{e}");
+        assert!(
+            e.contains("no usable GPU") && e.contains("CUresult 100"),
+            "{e}"
+        );
     }
 
     #[test]

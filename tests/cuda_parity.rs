@@ -53,8 +53,14 @@ fn cuda() -> Option<CudaDevice> {
 }
 
 fn load<Bk: Backend>(dir: &str, dtype: DType, dev: &Bk::Device) -> SeqClassifier<Bk> {
-    load_classifier_from::<Bk>(WeightsSource::Dir(&golden_dir().join(dir)), 5, dtype, 0, dev)
-        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+    load_classifier_from::<Bk>(
+        WeightsSource::Dir(&golden_dir().join(dir)),
+        5,
+        dtype,
+        0,
+        dev,
+    )
+    .unwrap_or_else(|e| panic!("{dir}: {e}"))
 }
 
 fn ints2<Bk: Backend>(inp: &Fixture, key: &str, dev: &Bk::Device) -> Tensor<Bk, 2, Int> {
@@ -303,7 +309,12 @@ fn lora_train_step_cuda_matches_flex() {
     check_adamw(&f32_cuda, LR);
     // bf16 base on CUDA against the f32 CPU step.
     let bf16_cuda = train_step::<CudaBackend>(DType::BF16, &dev);
-    compare_steps(&bf16_cuda, &flex, TOL_BF16_LOSS_REL * flex.loss.abs(), TOL_BF16_GRAD);
+    compare_steps(
+        &bf16_cuda,
+        &flex,
+        TOL_BF16_LOSS_REL * flex.loss.abs(),
+        TOL_BF16_GRAD,
+    );
     check_adamw(&bf16_cuda, LR);
 }
 

@@ -32,8 +32,8 @@ const TOL_GRAD: f64 = 6e-2;
 /// every A/B gradient is non-zero) and dropout 0.
 fn model(dtype: DType) -> SeqClassifier<AB> {
     let device = Default::default();
-    let base = load_classifier_from::<AB>(WeightsSource::Preset("tiny"), 11, dtype, 0, &device)
-        .unwrap();
+    let base =
+        load_classifier_from::<AB>(WeightsSource::Preset("tiny"), 11, dtype, 0, &device).unwrap();
     let mut spec = lora_spec(8, false);
     spec.dropout = 0.0;
     let names: Vec<(String, [usize; 2], [usize; 2])> = base
@@ -77,12 +77,19 @@ struct Pass {
 fn pass(m: &SeqClassifier<AB>) -> Pass {
     let cfg = preset_config("tiny").unwrap();
     let sample = bench_sample(&cfg, 12_544, 40, 0);
-    let x = collate::<AB>(&[&sample, &sample], 0, PaddingSide::Right, &Default::default());
+    let x = collate::<AB>(
+        &[&sample, &sample],
+        0,
+        PaddingSide::Right,
+        &Default::default(),
+    );
     let logits = m.forward(&x).unwrap();
     assert_eq!(logits.dtype(), DType::F32);
     let target = Tensor::<AB, 2>::from_data(
         TensorData::new(
-            (0..22).map(|i| if i % 11 == 3 { 1f32 } else { 0.0 }).collect::<Vec<_>>(),
+            (0..22)
+                .map(|i| if i % 11 == 3 { 1f32 } else { 0.0 })
+                .collect::<Vec<_>>(),
             [2, 11],
         ),
         (&Default::default(), DType::F32),
@@ -117,7 +124,12 @@ fn bf16_base_with_f32_adapters_tracks_f32() {
     let m16 = model(DType::BF16);
     assert_eq!(m16.dtype(), DType::BF16);
     assert_eq!(
-        m16.language_model.layers[0].mlp.up_proj.weight.val().dtype(),
+        m16.language_model.layers[0]
+            .mlp
+            .up_proj
+            .weight
+            .val()
+            .dtype(),
         DType::BF16
     );
     assert_eq!(m16.score_weight().dtype(), DType::F32);
@@ -126,10 +138,16 @@ fn bf16_base_with_f32_adapters_tracks_f32() {
     }
     let (p32, p16) = (pass(&m32), pass(&m16));
     let d = rel_l2(&p16.logits, &p32.logits);
-    println!("logits: rel L2 {d:.3e} (max |logit| {:.3})", max_abs(&p32.logits));
+    println!(
+        "logits: rel L2 {d:.3e} (max |logit| {:.3})",
+        max_abs(&p32.logits)
+    );
     assert!(d <= TOL_LOGITS, "logits drift {d:e} > {TOL_LOGITS:e}");
     let dl = (p16.loss - p32.loss).abs() / p32.loss.abs();
-    println!("loss: f32 {:.6} bf16 {:.6} rel {dl:.3e}", p32.loss, p16.loss);
+    println!(
+        "loss: f32 {:.6} bf16 {:.6} rel {dl:.3e}",
+        p32.loss, p16.loss
+    );
     assert!(dl <= TOL_LOSS, "loss drift {dl:e}");
     assert_eq!(p16.grads.len(), p32.grads.len());
     let mut worst = (0.0f64, String::new());
@@ -142,9 +160,18 @@ fn bf16_base_with_f32_adapters_tracks_f32() {
         }
     }
     println!("gradients: worst rel L2 {:.3e} ({})", worst.0, worst.1);
-    assert!(worst.0 <= TOL_GRAD, "gradient drift {:e} at {}", worst.0, worst.1);
+    assert!(
+        worst.0 <= TOL_GRAD,
+        "gradient drift {:e} at {}",
+        worst.0,
+        worst.1
+    );
     // The adapters really are in the graph: gradients are non-trivial.
-    assert!(p16.grads.iter().all(|(_, _, g)| g.iter().any(|&x| x != 0.0)));
+    assert!(
+        p16.grads
+            .iter()
+            .all(|(_, _, g)| g.iter().any(|&x| x != 0.0))
+    );
 }
 
 fn max_abs(v: &[f64]) -> f64 {

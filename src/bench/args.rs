@@ -192,7 +192,10 @@ mod tests {
         assert_eq!(a, BenchArgs::default());
         assert_eq!(a.model, BenchModel::Preset("qwen2.5-vl-7b".into()));
         assert_eq!((a.pixels, a.text_tokens, a.batch), (1_003_520, 120, 1));
-        assert_eq!((a.lora_rank, a.freeze_vit, a.mode), (32, false, BenchMode::Both));
+        assert_eq!(
+            (a.lora_rank, a.freeze_vit, a.mode),
+            (32, false, BenchMode::Both)
+        );
     }
 
     #[test]
@@ -204,9 +207,15 @@ mod tests {
         .unwrap();
         assert_eq!(a.model, BenchModel::Preset("tiny".into()));
         assert_eq!(a.dtype, Some(DType::BF16));
-        assert_eq!((a.pixels, a.text_tokens, a.batch, a.lora_rank), (12544, 40, 2, 16));
+        assert_eq!(
+            (a.pixels, a.text_tokens, a.batch, a.lora_rank),
+            (12544, 40, 2, 16)
+        );
         assert!(a.freeze_vit);
-        assert_eq!((a.steps, a.warmup, a.mode, a.seed), (3, 0, BenchMode::Train, 7));
+        assert_eq!(
+            (a.steps, a.warmup, a.mode, a.seed),
+            (3, 0, BenchMode::Train, 7)
+        );
         let m = BenchArgs::from_flags(&flags("--model /tmp/m")).unwrap();
         assert_eq!(m.model, BenchModel::Dir("/tmp/m".into()));
     }

@@ -70,13 +70,11 @@ pub fn param_count(cfg: &ModelConfig) -> usize {
     let v = &cfg.vision;
     let (c, i) = (v.hidden_size, v.intermediate_size);
     let lin = |a: usize, b: usize, bias: bool| a * b + if bias { b } else { 0 };
-    let block = lin(c, 3 * c, true) + lin(c, c, true) + 2 * lin(c, i, true) + lin(i, c, true) + 2 * c;
+    let block =
+        lin(c, 3 * c, true) + lin(c, c, true) + 2 * lin(c, i, true) + lin(i, c, true) + 2 * c;
     let m = c * v.merge_unit();
-    let vision = c * v.patch_dim()
-        + v.depth * block
-        + c
-        + lin(m, m, true)
-        + lin(m, v.out_hidden_size, true);
+    let vision =
+        c * v.patch_dim() + v.depth * block + c + lin(m, m, true) + lin(m, v.out_hidden_size, true);
     let t = &cfg.text;
     let h = t.hidden_size;
     let q = t.num_attention_heads * t.head_dim();
@@ -105,7 +103,8 @@ mod tests {
         let f = forward_flops(&cfg, [1, 64, 80], 1401, 32, true, 11);
         // Linear weights: LLM 28 layers × 233.0M ≈ 6.53B over 1401 tokens; ViT 32 blocks ×
         // 19.66M ≈ 629M over 5120 patches; merger 45.9M over 1280 tokens.
-        let llm = 2.0 * 1401.0 * 28.0 * (3584.0 * (3584.0 * 2.0 + 512.0 * 2.0) + 3.0 * 3584.0 * 18944.0);
+        let llm =
+            2.0 * 1401.0 * 28.0 * (3584.0 * (3584.0 * 2.0 + 512.0 * 2.0) + 3.0 * 3584.0 * 18944.0);
         let vit = 2.0 * 5120.0 * 32.0 * (4.0 * 1280.0 * 1280.0 + 3.0 * 1280.0 * 3420.0);
         let base = llm + vit;
         assert!(f > base && f < 1.15 * base, "{f:e} vs {base:e}");

@@ -402,7 +402,9 @@ impl<B: Backend> Run<'_, B> {
         self.note_peak(&mut peak)?;
         let loss = last.map(|l| l.into_scalar().elem::<f64>());
         if loss.is_some_and(|l| !l.is_finite()) {
-            return Err(BenchError::Execution(format!("non-finite train loss {loss:?}")));
+            return Err(BenchError::Execution(format!(
+                "non-finite train loss {loss:?}"
+            )));
         }
         let result = self.result("train", workload, secs, peak, flops, loss);
         Ok((model, result))
@@ -436,7 +438,11 @@ impl<B: Backend> Run<'_, B> {
         let secs = t.elapsed().as_secs_f64() / self.args.steps as f64;
         peak = peak.max(self.mem.sample());
         for o in outs {
-            let v: Vec<f32> = o.into_data().convert::<f32>().into_vec().unwrap_or_default();
+            let v: Vec<f32> = o
+                .into_data()
+                .convert::<f32>()
+                .into_vec()
+                .unwrap_or_default();
             if v.iter().any(|x| !x.is_finite()) {
                 return Err(BenchError::Execution("non-finite eval logits".into()));
             }
@@ -457,6 +463,49 @@ mod tests {
         assert!(proc_status_kb("VmHWM:").unwrap() > 0);
     }
 
+    /// End to end on the tiny preset: both phases report sane numbers and training moves the
+    /// loss down from ln(11) on the repeated sample.
+    #[test]
+    fn tiny_train_and_eval_on_cpu() {
+        let args = BenchArgs {
+            model: BenchModel::Preset("tiny".into()),
+            device: "cpu".into(),
+            pixels: 12_544,
+            text_tokens: 40,
+            lora_rank: 4,
+            steps: 4,
+            warmup: 1,
+            ..Default::default()
+        };
+        let r = run_bench(&args).unwrap();
+        assert!(r.device_note.contains("cpu"), "{}", r.device_note);
+        let [train, eval] = &r.results[..] else {
+            panic!("two phases expected")
+        };
+        assert_eq!((train.mode, eval.mode), ("train", "eval"));
+        for p in [train, eval] {
+            assert_eq!(p.workload.seq_tokens, 57);
+            assert_eq!(p.workload.grid, [1, 8, 8]);
+            assert_eq!(p.dtype, "float32");
+            assert!(p.samples_per_s > 0.0 && p.step_ms > 0.0);
+            assert!(p.peak_mem_bytes.unwrap() > 1 << 20);
+            assert!(p.mfu.is_none());
+        }
+        assert!((train.flops_per_sample / eval.flops_per_sample - 3.0).abs() < 1e-9);
+        let loss = train.loss.unwrap();
+        assert!(loss.is_finite() && loss < (11f64).ln(), "{loss}");
+        let line: serde_json::Value = serde_json::from_str(&r.json_lines()[0]).unwrap();
+        for key in [
+            "samples_per_s",
+            "tokens_per_s",
+            "peak_mem_bytes",
+            "step_ms",
+            "mfu",
+        ] {
+            assert!(line.get(key).is_some(), "{key}");
+        }
+    }
+
     #[test]
     fn seven_b_on_a_small_host_is_refused_before_allocating() {
         let args = BenchArgs {
@@ -469,7 +518,10 @@ mod tests {
             .unwrap();
         if total < 40 << 20 {
             let e = run_bench(&args).unwrap_err().to_string();
-            assert!(e.contains("qwen2.5-vl-7b") && e.contains("--preset tiny"), "{e}");
+            assert!(
+                e.contains("qwen2.5-vl-7b") && e.contains("--preset tiny"),
+                "{e}"
+            );
         }
     }
 }
