@@ -7,7 +7,7 @@
 //! `train_curves.png`. Resumable: a rerun with the same key continues from the newest
 //! complete checkpoint in its output directory.
 
-use crate::backend::{ComputeDevice, CpuBackend, CudaBackend, resolve_device};
+use crate::backend::{CpuBackend, CudaBackend, DeviceKind, resolve_device};
 use crate::data::record::load_split;
 use crate::experiment::schema::{Common, TargetModules as RawTargets, TrainParams};
 use crate::graph::{Stage, StageContext, StageError};
@@ -130,7 +130,6 @@ impl TrainStage {
         if common.task.num_labels == 0 {
             return Err(input("[task] num_labels must be at least 1"));
         }
-        resolve_device(&common.model.device, None).map_err(input)?;
         dtype_of(&common.model.torch_dtype)?;
         let targets = match &p.target_modules {
             RawTargets::One(s) if s == "all-linear" => TargetSelector::AllLinear {
@@ -258,16 +257,15 @@ impl Stage for TrainStage {
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let device = resolve_device(&self.common.model.device, ctx.device).map_err(input)?;
+        let spec = ctx.device.unwrap_or(&self.common.model.device);
+        let (device, why) = resolve_device(spec).map_err(|e| input(e.to_string()))?;
         let dtype = dtype_of(&self.common.model.torch_dtype)?;
         let say = |m: String| {
             let _ = ctx.progress.println(m);
         };
-        if self.common.model.device == "auto" && ctx.device.is_none() {
-            say(format!("[{}] device auto → {device}", ctx.name));
-        }
+        say(format!("[{}] {why}", ctx.name));
         match device {
-            ComputeDevice::Cpu => {
+            DeviceKind::Cpu => {
                 if dtype == DType::BF16 {
                     say(format!(
                         "[{}] torch_dtype bfloat16 → training in float32 on the CPU (bf16 matmuls are slow there)",
@@ -276,7 +274,7 @@ impl Stage for TrainStage {
                 }
                 self.run_on::<Autodiff<CpuBackend>>(ctx, Default::default(), DType::F32)
             }
-            ComputeDevice::Cuda(i) => self.run_on::<Autodiff<CudaBackend>>(
+            DeviceKind::Cuda(i) => self.run_on::<Autodiff<CudaBackend>>(
                 ctx,
                 burn::backend::cuda::CudaDevice::new(i),
                 dtype,
