@@ -31,6 +31,7 @@ const VERSION: u32 = 1;
 /// Test hook: make the loop stop with an error after this optimizer step (resume tests).
 pub const INTERRUPT_ENV: &str = "PIPELINE_TRAIN_INTERRUPT_AFTER_STEPS";
 
+#[derive(Debug)]
 pub struct TrainStage {
     params: TrainParams,
     common: Common,
