@@ -34,7 +34,11 @@ fn common(num_labels: usize, model_dir: &Path) -> Common {
 
 /// Train params from TOML lines (on top of ms-swift defaults).
 fn params(extra: &str) -> TrainParams {
-    let rank = if extra.contains("lora_rank") { "" } else { "lora_rank = 4\n" };
+    let rank = if extra.contains("lora_rank") {
+        ""
+    } else {
+        "lora_rank = 4\n"
+    };
     toml::from_str(&format!("needs = [\"data\"]\n{rank}{extra}")).unwrap()
 }
 
@@ -85,7 +89,8 @@ fn run(stage: &TrainStage, data_dir: &Path, out: &Path) -> Result<(), StageError
             dir: data_dir.to_path_buf(),
         },
     )]);
-    let progress = indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
+    let progress =
+        indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
     let ctx = StageContext {
         name: "train",
         key: "k",
@@ -112,34 +117,58 @@ fn trains_and_writes_every_artifact() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     dataset(&data, true);
-    let p = params("max_steps = 3\nper_device_train_batch_size = 2\nlearning_rate = 1e-3\neval_steps = 1\nsave_steps = 2\nlogging_steps = 1");
+    let p = params(
+        "max_steps = 3\nper_device_train_batch_size = 2\nlearning_rate = 1e-3\neval_steps = 1\nsave_steps = 2\nlogging_steps = 1",
+    );
     let stage = TrainStage::new(p, &common(3, &fixtures().join("model"))).unwrap();
     assert_eq!(stage.kind(), "train");
     assert!(stage.resumable());
     assert_eq!(stage.required_inputs(), ["dataset"]);
     let files = stage.input_files().unwrap();
-    assert!(files.iter().any(|f| f.ends_with("model.safetensors")) && files.iter().any(|f| f.ends_with("config.json")));
+    assert!(
+        files.iter().any(|f| f.ends_with("model.safetensors"))
+            && files.iter().any(|f| f.ends_with("config.json"))
+    );
     let params = stage.params();
     assert!(params["train"].get("needs").is_none());
     assert_eq!(params["train"]["lora_rank"], 4);
 
     let out = tmp.path().join("out");
     run(&stage, &data, &out).unwrap();
-    for f in ["logging.jsonl", "best", "metrics.json", "train_curves.png", "adapter/adapter_config.json", "checkpoint-2", "checkpoint-3"] {
+    for f in [
+        "logging.jsonl",
+        "best",
+        "metrics.json",
+        "train_curves.png",
+        "adapter/adapter_config.json",
+        "checkpoint-2",
+        "checkpoint-3",
+    ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let (cfg, tensors) = adapter_io::read_adapter(&out.join("adapter")).unwrap();
     // all-linear with the default freeze_vit = true: LLM layers only, as a regex.
-    let TargetModules::Regex(re) = &cfg.target_modules else { panic!("{:?}", cfg.target_modules) };
-    assert!(re.contains("language_model") && !re.contains("visual"), "{re}");
+    let TargetModules::Regex(re) = &cfg.target_modules else {
+        panic!("{:?}", cfg.target_modules)
+    };
+    assert!(
+        re.contains("language_model") && !re.contains("visual"),
+        "{re}"
+    );
     // 2 layers × 7 projections × (A, B) + score.
     assert_eq!(tensors.len(), 2 * 7 * 2 + 1);
     let log = std::fs::read_to_string(out.join("logging.jsonl")).unwrap();
-    assert_eq!(log.lines().filter(|l| l.contains("\"eval_loss\"")).count(), 3);
+    assert_eq!(
+        log.lines().filter(|l| l.contains("\"eval_loss\"")).count(),
+        3
+    );
     // A second run with the same output directory resumes from checkpoint-3: nothing to do.
     let before = std::fs::read(out.join("adapter").join(adapter_io::WEIGHTS_FILE)).unwrap();
     run(&stage, &data, &out).unwrap();
-    assert_eq!(before, std::fs::read(out.join("adapter").join(adapter_io::WEIGHTS_FILE)).unwrap());
+    assert_eq!(
+        before,
+        std::fs::read(out.join("adapter").join(adapter_io::WEIGHTS_FILE)).unwrap()
+    );
 }
 
 #[test]
@@ -149,8 +178,14 @@ fn bad_params_are_one_line_input_errors() {
         ("lora_rank = 0", "lora_rank must be at least 1"),
         ("learning_rate = 0.0", "learning_rate must be > 0"),
         ("learning_rate = -1e-4", "learning_rate must be > 0"),
-        ("gradient_accumulation_steps = 0", "gradient_accumulation_steps must be at least 1"),
-        ("lr_scheduler_type = \"polynomial\"", "valid: cosine, linear, constant"),
+        (
+            "gradient_accumulation_steps = 0",
+            "gradient_accumulation_steps must be at least 1",
+        ),
+        (
+            "lr_scheduler_type = \"polynomial\"",
+            "valid: cosine, linear, constant",
+        ),
         ("metric_for_best_model = \"f1\"", "valid: loss, acc"),
         ("eval_steps = 0", "eval_steps must be at least 1"),
         ("target_modules = \"(unclosed\"", "target_modules regex"),
@@ -158,11 +193,17 @@ fn bad_params_are_one_line_input_errors() {
     for (line, want) in cases {
         let m = input_error(TrainStage::new(params(line), &c));
         assert!(m.contains(want), "{line}: {m}");
-        assert!(m.contains(line.split(' ').next().unwrap()), "{line}: names the field: {m}");
+        assert!(
+            m.contains(line.split(' ').next().unwrap()),
+            "{line}: names the field: {m}"
+        );
     }
     let mut regression = common(1, &fixtures().join("model"));
     regression.task.num_labels = 1;
-    let m = input_error(TrainStage::new(params("metric_for_best_model = \"acc\""), &regression));
+    let m = input_error(TrainStage::new(
+        params("metric_for_best_model = \"acc\""),
+        &regression,
+    ));
     assert!(m.contains("regression"), "{m}");
 }
 
@@ -179,7 +220,10 @@ fn data_and_model_mismatches_are_input_errors() {
     // Unknown target module: the message lists what exists.
     let s = TrainStage::new(params("target_modules = [\"qq_proj\"]"), &common(3, &model)).unwrap();
     let m = input_error(run(&s, &data, &out("a")));
-    assert!(m.contains("qq_proj") && m.contains("self_attn.q_proj"), "{m}");
+    assert!(
+        m.contains("qq_proj") && m.contains("self_attn.q_proj"),
+        "{m}"
+    );
 
     // eval_steps without a val split.
     let s = TrainStage::new(params("eval_steps = 2"), &common(3, &model)).unwrap();
@@ -188,10 +232,16 @@ fn data_and_model_mismatches_are_input_errors() {
 
     // An adapter whose score head has 3 labels, for a 5-label task.
     let adapter = fixtures().join("initial_adapter");
-    let s = TrainStage::new(params(&format!("adapter = {:?}", adapter.display().to_string())), &common(5, &model))
-        .unwrap();
+    let s = TrainStage::new(
+        params(&format!("adapter = {:?}", adapter.display().to_string())),
+        &common(5, &model),
+    )
+    .unwrap();
     let m = input_error(run(&s, &data, &out("c")));
-    assert!(m.contains("3 labels") && m.contains("num_labels = 5"), "{m}");
+    assert!(
+        m.contains("3 labels") && m.contains("num_labels = 5"),
+        "{m}"
+    );
 
     // A model directory whose checkpoint has a 3-row score head, for a 5-label task.
     let m3 = tmp.path().join("model3");
@@ -205,5 +255,8 @@ fn data_and_model_mismatches_are_input_errors() {
     safetensors_io::write(&m3.join("model.safetensors"), &w, None).unwrap();
     let s = TrainStage::new(params(""), &common(5, &m3)).unwrap();
     let m = input_error(run(&s, &data, &out("d")));
-    assert!(m.contains("score.weight has 3 labels") && m.contains("num_labels = 5"), "{m}");
+    assert!(
+        m.contains("score.weight has 3 labels") && m.contains("num_labels = 5"),
+        "{m}"
+    );
 }

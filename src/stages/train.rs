@@ -84,7 +84,7 @@ impl TrainStage {
                 "eval_steps must be at least 1 (leave it out to evaluate only at the end)",
             ));
         }
-        if p.max_steps <= 0 && !(p.num_train_epochs > 0.0) {
+        if p.max_steps <= 0 && (p.num_train_epochs.is_nan() || p.num_train_epochs <= 0.0) {
             return Err(input(format!(
                 "num_train_epochs must be > 0 (got {})",
                 p.num_train_epochs
