@@ -6,20 +6,16 @@ use crate::experiment::{Common, StageParams, StageSpec};
 use crate::graph::{Stage, StageError};
 
 pub mod dataset;
+pub mod export;
+pub mod score;
 pub mod train;
 
 /// Build the stage for `spec` (`graph::Plan::build` takes this as its factory).
 pub fn build(spec: &StageSpec, common: &Common) -> Result<Box<dyn Stage>, StageError> {
-    match &spec.params {
-        StageParams::Dataset(p) => Ok(Box::new(dataset::DatasetStage::new(p.clone(), common)?)),
-        StageParams::Train(p) => Ok(Box::new(train::TrainStage::new(p.clone(), common)?)),
-        StageParams::Export(_p) => not_built("export"),
-        StageParams::Score(_p) => not_built("score"),
-    }
-}
-
-fn not_built(kind: &str) -> Result<Box<dyn Stage>, StageError> {
-    Err(StageError::Input(format!(
-        "stage kind `{kind}` is not built into this binary"
-    )))
+    Ok(match &spec.params {
+        StageParams::Dataset(p) => Box::new(dataset::DatasetStage::new(p.clone(), common)?),
+        StageParams::Train(p) => Box::new(train::TrainStage::new(p.clone(), common)?),
+        StageParams::Export(p) => Box::new(export::ExportStage::new(p.clone(), common)?),
+        StageParams::Score(p) => Box::new(score::ScoreStage::new(p.clone(), common)?),
+    })
 }
