@@ -31,6 +31,7 @@ const VERSION: u32 = 1;
 /// Test hook: make the loop stop with an error after this optimizer step (resume tests).
 pub const INTERRUPT_ENV: &str = "PIPELINE_TRAIN_INTERRUPT_AFTER_STEPS";
 
+#[derive(Debug)]
 pub struct TrainStage {
     params: TrainParams,
     common: Common,
@@ -83,7 +84,7 @@ impl TrainStage {
                 "eval_steps must be at least 1 (leave it out to evaluate only at the end)",
             ));
         }
-        if p.max_steps <= 0 && !(p.num_train_epochs > 0.0) {
+        if p.max_steps <= 0 && (p.num_train_epochs.is_nan() || p.num_train_epochs <= 0.0) {
             return Err(input(format!(
                 "num_train_epochs must be > 0 (got {})",
                 p.num_train_epochs
