@@ -89,7 +89,7 @@ impl ExportStage {
         let adapter_dir = train_adapter_dir(&train.dir, &self.params.checkpoint).map_err(input)?;
         let adapter = read_peft_adapter(&adapter_dir).map_err(|e| input(e.to_string()))?;
         let say = |m: String| {
-            let _ = ctx.progress.println(m);
+            crate::report::table::print_above(ctx.progress, &m);
         };
         let mut written: Vec<String> = Vec::new();
         if self.params.peft {
