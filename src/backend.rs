@@ -5,6 +5,7 @@
 //! library, `cuInit(0)`, `cuDeviceGetCount`. None of these can abort or hang on a machine
 //! without CUDA; they just return an error code.
 
+use std::path::Path;
 use std::sync::OnceLock;
 
 /// Pure-Rust CPU backend (tests and the embedded default).
@@ -13,6 +14,58 @@ pub type CpuBackend = burn::backend::Flex;
 pub type CudaBackend = burn::backend::Cuda<f32, i32>;
 /// The CUDA device type of [`CudaBackend`].
 pub type CudaDevice = burn::backend::cuda::CudaDevice;
+
+/// Where a stage computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComputeDevice {
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::fmt::Display for ComputeDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// Whether an NVIDIA driver is present, without touching CUDA (no panic, no init):
+/// the kernel module's proc entry or a loadable `libcuda.so.1` in a usual place.
+pub fn cuda_driver_present() -> bool {
+    if Path::new("/proc/driver/nvidia/version").exists() {
+        return true;
+    }
+    [
+        "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
+        "/usr/lib64/libcuda.so.1",
+        "/usr/lib/aarch64-linux-gnu/libcuda.so.1",
+        "/usr/lib/wsl/lib/libcuda.so.1",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists())
+}
+
+/// Resolve a `device` setting (`auto` | `cpu` | `cuda` | `cuda:N`); a device pinned by the
+/// scheduler wins. `auto` is CUDA 0 when a driver is present, else the CPU.
+pub fn resolve_device(setting: &str, pinned: Option<&str>) -> Result<ComputeDevice, String> {
+    let s = pinned.unwrap_or(setting);
+    match s {
+        "auto" => Ok(if cuda_driver_present() {
+            ComputeDevice::Cuda(0)
+        } else {
+            ComputeDevice::Cpu
+        }),
+        "cpu" => Ok(ComputeDevice::Cpu),
+        "cuda" => Ok(ComputeDevice::Cuda(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(ComputeDevice::Cuda)
+            .ok_or_else(|| format!("device {s:?} is not valid (valid: auto, cpu, cuda, cuda:N)")),
+    }
+}
 
 /// Where a model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,12 +138,12 @@ pub fn cuda_available() -> bool {
 
 /// Resolve a device spec (`cpu`, `cuda`, `cuda:N`, `auto`) against this machine's CUDA driver;
 /// the string says what was chosen and why, for the terminal.
-pub fn resolve_device(spec: &str) -> Result<(DeviceKind, String), DeviceError> {
-    resolve_device_with(spec, cuda_probe())
+pub fn resolve_device_kind(spec: &str) -> Result<(DeviceKind, String), DeviceError> {
+    resolve_device_kind_with(spec, cuda_probe())
 }
 
-/// [`resolve_device`] against a given probe result (testable without a GPU).
-pub fn resolve_device_with(
+/// [`resolve_device_kind`] against a given probe result (testable without a GPU).
+pub fn resolve_device_kind_with(
     spec: &str,
     probe: &CudaProbe,
 ) -> Result<(DeviceKind, String), DeviceError> {
@@ -290,37 +343,39 @@ mod tests {
         // Whatever this machine has, the probe answers and stays consistent.
         let p = cuda_probe();
         assert_eq!(cuda_available(), matches!(p, CudaProbe::Available { .. }));
-        let (kind, why) = resolve_device("auto").unwrap();
+        let (kind, why) = resolve_device_kind("auto").unwrap();
         assert_eq!(kind == DeviceKind::Cpu, !cuda_available(), "{why}");
     }
 
     #[test]
     fn cpu_and_auto_without_cuda() {
         let none = CudaProbe::NoDriver("libcuda.so.1 not loadable".into());
-        let (k, why) = resolve_device_with("cpu", &none).unwrap();
+        let (k, why) = resolve_device_kind_with("cpu", &none).unwrap();
         assert_eq!(k, DeviceKind::Cpu);
         assert!(why.starts_with("device = \"cpu\": CPU"), "{why}");
-        let (k, why) = resolve_device_with("auto", &none).unwrap();
+        let (k, why) = resolve_device_kind_with("auto", &none).unwrap();
         assert_eq!(k, DeviceKind::Cpu);
         assert!(
             why.contains("libcuda.so.1 not loadable") && why.contains("CPU"),
             "{why}"
         );
-        let (k, _) = resolve_device_with(" AUTO ", &present(2)).unwrap();
+        let (k, _) = resolve_device_kind_with(" AUTO ", &present(2)).unwrap();
         assert_eq!(k, DeviceKind::Cuda(0));
     }
 
     #[test]
     fn cuda_without_driver_is_a_clear_error() {
         let none = CudaProbe::NoDriver("libcuda.so.1 not loadable".into());
-        let e = resolve_device_with("cuda", &none).unwrap_err().to_string();
+        let e = resolve_device_kind_with("cuda", &none)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             "device = \"cuda\" but no CUDA driver was found (libcuda.so.1 not loadable); \
              use device = \"cpu\" or \"auto\""
         );
         let nogpu = CudaProbe::NoGpu("cuInit failed with CUresult 100".into());
-        let e = resolve_device_with("cuda:0", &nogpu)
+        let e = resolve_device_kind_with("cuda:0", &nogpu)
             .unwrap_err()
             .to_string();
         assert!(
@@ -332,20 +387,20 @@ mod tests {
     #[test]
     fn cuda_ordinals() {
         assert_eq!(
-            resolve_device_with("cuda:1", &present(2)).unwrap().0,
+            resolve_device_kind_with("cuda:1", &present(2)).unwrap().0,
             DeviceKind::Cuda(1)
         );
         assert_eq!(
-            resolve_device_with("cuda", &present(1)).unwrap().0,
+            resolve_device_kind_with("cuda", &present(1)).unwrap().0,
             DeviceKind::Cuda(0)
         );
-        let e = resolve_device_with("cuda:2", &present(2)).unwrap_err();
+        let e = resolve_device_kind_with("cuda:2", &present(2)).unwrap_err();
         assert_eq!(
             e.to_string(),
             "device = \"cuda:2\" but only 2 CUDA device(s) are present (valid: cuda:0..cuda:1)"
         );
         for bad in ["tpu", "cuda:", "cuda:x", "cuda:-1", ""] {
-            let e = resolve_device_with(bad, &present(1)).unwrap_err();
+            let e = resolve_device_kind_with(bad, &present(1)).unwrap_err();
             assert_eq!(e, DeviceError::Unknown(bad.to_string()));
             assert!(e.to_string().contains("cuda:N"));
         }

@@ -9,10 +9,12 @@
 //! - `data`, `model`, `train`, `report`: the machine-learning pieces (know no TOML)
 //! - `stages`: thin glue from validated experiment params to the pieces above
 
+pub mod adapter;
 pub mod backend;
 pub mod bench;
 pub mod data;
 pub mod experiment;
+pub mod export;
 pub mod graph;
 pub mod model;
 pub mod report;

@@ -23,7 +23,7 @@ use burn::tensor::{DType, ElementConversion, Tensor, TensorData, activation::log
 use serde::Serialize;
 
 use crate::backend::{
-    CpuBackend, CudaBackend, CudaDevice, DeviceError, DeviceKind, cuda_memory, resolve_device,
+    CpuBackend, CudaBackend, CudaDevice, DeviceError, DeviceKind, cuda_memory, resolve_device_kind,
 };
 use crate::model::inputs::{ModelInputs, PaddingSide, collate};
 use crate::model::{ModelError, SeqClassifier};
@@ -115,7 +115,7 @@ impl BenchReport {
 /// Run the benchmark described by `args` on the device it names.
 pub fn run_bench(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     args.validate()?;
-    let (kind, note) = resolve_device(&args.device)?;
+    let (kind, note) = resolve_device_kind(&args.device)?;
     let dtype = args.dtype.unwrap_or(match kind {
         DeviceKind::Cpu => DType::F32,
         DeviceKind::Cuda(_) => DType::BF16,

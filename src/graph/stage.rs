@@ -65,11 +65,18 @@ pub trait Stage: Send + Sync {
     fn required_inputs(&self) -> &'static [&'static str] {
         &[]
     }
+    /// Whether the stage computes on an accelerator: the scheduler then pins it to one of
+    /// the experiment's `devices` (one such stage per device at a time) and passes that
+    /// device in `StageContext::device`. By default the kinds that run the model.
+    fn uses_device(&self) -> bool {
+        matches!(self.kind(), "train" | "export" | "score")
+    }
     /// Whether a crashed run may continue from what it left in `out_dir` (checkpoints).
     /// Otherwise the executor empties `out_dir` before `run`.
     fn resumable(&self) -> bool {
         false
     }
-    /// Compute the artifacts into `ctx.out_dir`.
+    /// Compute the artifacts into `ctx.out_dir` (`manifest.json` there is reserved for
+    /// the cache).
     fn run(&self, ctx: &StageContext) -> Result<(), StageError>;
 }

@@ -24,7 +24,7 @@
 //!
 //! model::classifier::SeqClassifier<B>              // #[derive(Module)] visual + language_model + score
 //!   load_classifier::<B>(source: &ModelSource, num_labels, dtype: DType, seed: u64, device)
-//!       -> Result<SeqClassifier<B>, ModelError>   // thin wrapper, added once tokenizer.rs (ModelSource) lands
+//!       -> Result<SeqClassifier<B>, ModelError>
 //!   load_classifier_from::<B>(source: WeightsSource<'_> /*Preset(&str) | Dir(&Path)*/, num_labels,
 //!       dtype /*F32 | BF16*/, seed, device) -> Result<SeqClassifier<B>, ModelError>
 //!   SeqClassifier::forward(&self, inputs: &ModelInputs<B>) -> Result<Tensor<B, 2>, ModelError>
@@ -61,11 +61,30 @@ pub mod presets;
 pub mod processor;
 pub mod rope;
 pub mod text;
+pub mod tokenizer;
 pub mod vision;
 pub mod weights;
 
 pub use classifier::{SeqClassifier, WeightsSource, load_classifier_from};
 pub use config::ModelConfig;
+pub use tokenizer::ModelSource;
+
+use burn::tensor::{DType, backend::Backend};
+
+/// Build the classifier for a `ModelSource` (preset name or Hugging Face directory).
+pub fn load_classifier<B: Backend>(
+    source: &ModelSource,
+    num_labels: usize,
+    dtype: DType,
+    seed: u64,
+    device: &B::Device,
+) -> Result<SeqClassifier<B>, ModelError> {
+    let weights = match source {
+        ModelSource::Preset(name) => WeightsSource::Preset(name),
+        ModelSource::Path(dir) => WeightsSource::Dir(dir),
+    };
+    load_classifier_from(weights, num_labels, dtype, seed, device)
+}
 
 /// Every failure of the model layer: bad config, bad checkpoint, bad inputs, bad LoRA spec.
 #[derive(Debug, thiserror::Error)]

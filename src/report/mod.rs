@@ -1,1 +1,8 @@
-//! placeholder
+//! Reports: metrics, scores.jsonl lines, tables and plots (PNG) shared by the stages.
+
+pub mod confusion;
+pub mod font;
+pub mod metrics;
+pub mod plot;
+pub mod scores;
+pub mod table;

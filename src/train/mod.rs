@@ -1,1 +1,47 @@
-//! placeholder
+//! LoRA training with ms-swift / transformers `Trainer` semantics.
+//!
+//! - [`trainer::train`]: the loop (grad accumulation, global-norm clipping, AdamW,
+//!   warmup + cosine/linear/constant schedule, eval every N steps, checkpoints, resume).
+//! - [`classifier`]: the traits the loop needs from a model ([`Classifier`], [`PeftState`])
+//!   and a split ([`SampleSet`]).
+//! - [`optimizer`]: torch-exact AdamW and `clip_grad_norm_`; [`schedule`]: lr schedules.
+//! - [`checkpoint`], [`adapter_io`] (PEFT adapter format, shared with export),
+//!   [`metrics_log`] (`logging.jsonl`), [`outputs`] (final artifacts and curves).
+
+pub mod adapter_io;
+pub mod checkpoint;
+pub mod classifier;
+pub mod data_order;
+pub mod evaluate;
+pub mod loss;
+pub mod metrics_log;
+pub mod optimizer;
+pub mod outputs;
+pub mod params;
+pub mod safetensors_io;
+pub mod schedule;
+pub mod seq_cls;
+pub mod trainer;
+
+pub use classifier::{Classifier, InMemorySet, PeftState, SampleSet};
+pub use trainer::{RunOptions, TrainOutcome, TrainSpec, train};
+
+/// Failures of a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("loading samples: {0}")]
+    Data(anyhow::Error),
+    #[error("model: {0}")]
+    Model(anyhow::Error),
+    #[error("the training loss is not finite at step {step} (try a lower learning_rate)")]
+    NonFinite { step: usize },
+    /// Raised by the `stop_after_steps` test hook after that optimizer step.
+    #[error("training interrupted after step {0} (test hook)")]
+    Interrupted(usize),
+    #[error("plot: {0}")]
+    Plot(#[from] crate::report::plot::PlotError),
+}

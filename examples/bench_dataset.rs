@@ -1,0 +1,149 @@
+//! Benchmark (not a test): images/second of the dataset stage vs qwen-vl-utils + PIL.
+//!
+//! `cargo run --release --example bench_dataset [-- --max-pixels N --repeat R]`
+//!
+//! Measures, on datasets/shapes11 (880 images):
+//! 1. decode + RGB + smart_resize + Pillow bicubic, in parallel on all cores (the work
+//!    `tools/bench_dataset.py` times for Python: PIL open/convert + `fetch_image`);
+//! 2. the whole `dataset` stage (also PNG encoding of the resized images, templating,
+//!    tokenization, JSONL + stats), into a temp dir;
+//!
+//! then runs `python3 tools/bench_dataset.py` (if it works here) and prints the ratios.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use indicatif::{MultiProgress, ProgressDrawTarget};
+use pipeline::data::build::{BuildOptions, SplitSource, Truncation, load_resized, resolve};
+use pipeline::data::label::{LabelSpec, ProblemType};
+use pipeline::experiment::schema::{Common, DatasetParams, ModelSpec, TaskSpec};
+use pipeline::graph::{Stage, StageContext};
+use pipeline::stages::dataset::DatasetStage;
+use rayon::prelude::*;
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().expect("a number"))
+        .unwrap_or(default)
+}
+
+fn main() -> anyhow::Result<()> {
+    let max_pixels = arg("--max-pixels", 1_003_520);
+    let repeat = arg("--repeat", 3) as usize;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let data = root.join("datasets/shapes11");
+    let sources = vec![
+        SplitSource {
+            split: "train".into(),
+            path: data.join("train.jsonl"),
+        },
+        SplitSource {
+            split: "val".into(),
+            path: data.join("test.jsonl"),
+        },
+    ];
+    let labels = LabelSpec {
+        num_labels: 11,
+        problem_type: ProblemType::SingleLabelClassification,
+    };
+    let opts = BuildOptions {
+        min_pixels: 3136,
+        max_pixels,
+        max_length: 1 << 20,
+        truncation: Truncation::Error,
+        system: "You are a helpful assistant.".into(),
+        labels,
+    };
+    let resolved = resolve(&sources, &labels)?;
+    let n = resolved.images.len();
+    println!(
+        "{n} images, max_pixels {max_pixels}, {} threads",
+        rayon::current_num_threads()
+    );
+
+    let mut best = f64::INFINITY;
+    for _ in 0..repeat {
+        let t0 = Instant::now();
+        resolved
+            .images
+            .par_iter()
+            .try_for_each(|(path, loc)| load_resized(path, loc, &opts).map(|_| ()))?;
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    let resize_rate = n as f64 / best;
+    println!("rust decode+resize: {resize_rate:.1} images/s (best of {repeat}: {best:.3} s)");
+
+    let mut params: DatasetParams = toml::from_str("")?;
+    params.dataset = Some(sources[0].path.display().to_string());
+    params.val_dataset = Some(sources[1].path.display().to_string());
+    params.max_pixels = max_pixels;
+    params.max_length = 1 << 20;
+    let common = Common {
+        model: ModelSpec {
+            preset: Some("tiny".into()),
+            path: None,
+            torch_dtype: "float32".into(),
+            device: "cpu".into(),
+        },
+        task: TaskSpec {
+            task_type: "seq_cls".into(),
+            num_labels: 11,
+            problem_type: None,
+            labels: None,
+        },
+        seed: 42,
+    };
+    let stage = DatasetStage::new(params, &common)?;
+    let progress = MultiProgress::with_draw_target(ProgressDrawTarget::hidden());
+    let inputs = BTreeMap::new();
+    let mut best = f64::INFINITY;
+    for _ in 0..repeat {
+        let tmp = tempfile::tempdir()?;
+        let ctx = StageContext {
+            name: "bench",
+            key: "bench",
+            out_dir: tmp.path(),
+            inputs: &inputs,
+            device: None,
+            progress: &progress,
+        };
+        let t0 = Instant::now();
+        stage.run(&ctx)?;
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    let stage_rate = n as f64 / best;
+    println!(
+        "rust dataset stage (incl. PNG write, tokenize): {stage_rate:.1} images/s ({best:.3} s)"
+    );
+
+    let py = Command::new("python3")
+        .arg(root.join("tools/bench_dataset.py"))
+        .args([
+            "--max-pixels",
+            &max_pixels.to_string(),
+            "--repeat",
+            &repeat.to_string(),
+        ])
+        .output();
+    match py {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            print!("{text}");
+            let rate: Option<f64> = text.split_whitespace().nth(1).and_then(|v| v.parse().ok());
+            if let Some(py_rate) = rate {
+                println!(
+                    "ratio vs python: decode+resize {:.2}x, whole stage {:.2}x",
+                    resize_rate / py_rate,
+                    stage_rate / py_rate
+                );
+            }
+        }
+        _ => println!("python baseline unavailable (needs pillow + qwen-vl-utils + torchvision)"),
+    }
+    Ok(())
+}

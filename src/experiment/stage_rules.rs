@@ -1,0 +1,292 @@
+//! Per-kind rules for stage tables (ranges, choices, paths) and the rules that look
+//! across stages (e.g. `eval_steps` needs a dataset stage with `val_dataset`).
+
+use super::check::{Check, Result};
+use super::schema::{DatasetParams, ExportParams, ScoreParams, TargetModules, TrainParams};
+use super::spec::StageParams;
+
+pub const SCHEDULERS: [&str; 3] = ["constant", "cosine", "linear"];
+pub const BEST_METRICS: [&str; 2] = ["acc", "loss"];
+pub const CHECKPOINTS: [&str; 2] = ["best", "last"];
+pub const SPLITS: [&str; 2] = ["train", "val"];
+pub const TRUNCATION: [&str; 2] = ["delete", "error"];
+pub const TRAIN_TYPES: [&str; 1] = ["lora"];
+
+type Stages<'a> = &'a [(String, StageParams)];
+
+/// Check one stage and return its params with paths resolved.
+pub(crate) fn check_stage(
+    c: &Check,
+    name: &str,
+    params: StageParams,
+    stages: Stages,
+    datasets: &[(&str, &DatasetParams)],
+) -> Result<StageParams> {
+    Ok(match params {
+        StageParams::Dataset(p) => StageParams::Dataset(dataset(c, name, p)?),
+        StageParams::Train(p) => StageParams::Train(train(c, name, p, datasets)?),
+        StageParams::Export(p) => StageParams::Export(export(c, name, p, stages, datasets)?),
+        StageParams::Score(p) => StageParams::Score(score(c, name, p, stages, datasets)?),
+    })
+}
+
+/// The dataset stage among `needs`.
+fn dataset_of<'a>(
+    needs: &[String],
+    datasets: &[(&'a str, &'a DatasetParams)],
+) -> Option<(&'a str, &'a DatasetParams)> {
+    datasets
+        .iter()
+        .find(|(n, _)| needs.iter().any(|m| m == n))
+        .copied()
+}
+
+/// The train stage among `needs`.
+fn train_of<'a>(needs: &[String], stages: Stages<'a>) -> Option<(&'a str, &'a TrainParams)> {
+    stages.iter().find_map(|(n, p)| match p {
+        StageParams::Train(t) if needs.contains(n) => Some((n.as_str(), t)),
+        _ => None,
+    })
+}
+
+fn dataset(c: &Check, name: &str, mut p: DatasetParams) -> Result<DatasetParams> {
+    let at = |k: &'static str| ["stages", name, k];
+    c.ensure(
+        p.dataset.is_some() || p.val_dataset.is_some(),
+        &["stages", name],
+        || format!("dataset stage `{name}` needs `dataset`, `val_dataset`, or both"),
+    )?;
+    if let Some(d) = &p.dataset {
+        p.dataset = Some(c.existing_file(&at("dataset"), d)?);
+    }
+    if let Some(d) = &p.val_dataset {
+        p.val_dataset = Some(c.existing_file(&at("val_dataset"), d)?);
+    }
+    c.ensure(p.min_pixels >= 1, &at("min_pixels"), || {
+        "min_pixels must be ≥ 1".into()
+    })?;
+    c.ensure(p.max_pixels >= p.min_pixels, &at("max_pixels"), || {
+        format!(
+            "max_pixels ({}) must be ≥ min_pixels ({})",
+            p.max_pixels, p.min_pixels
+        )
+    })?;
+    c.ensure(p.max_length >= 1, &at("max_length"), || {
+        "max_length must be ≥ 1".into()
+    })?;
+    c.choice(
+        &at("truncation_strategy"),
+        &p.truncation_strategy,
+        &TRUNCATION,
+    )?;
+    Ok(p)
+}
+
+fn train(
+    c: &Check,
+    name: &str,
+    mut p: TrainParams,
+    datasets: &[(&str, &DatasetParams)],
+) -> Result<TrainParams> {
+    let at = |k: &'static str| ["stages", name, k];
+    c.choice(&at("train_type"), &p.train_type, &TRAIN_TYPES)?;
+    c.ensure(p.lora_rank >= 1, &at("lora_rank"), || {
+        "lora_rank must be ≥ 1".into()
+    })?;
+    positive(c, &at("lora_alpha"), p.lora_alpha)?;
+    c.ensure(
+        (0.0..1.0).contains(&p.lora_dropout),
+        &at("lora_dropout"),
+        || format!("lora_dropout must be in [0, 1), got {}", p.lora_dropout),
+    )?;
+    positive(c, &at("learning_rate"), p.learning_rate)?;
+    for k in [
+        "per_device_train_batch_size",
+        "per_device_eval_batch_size",
+        "gradient_accumulation_steps",
+    ] {
+        let v = match k {
+            "per_device_train_batch_size" => p.per_device_train_batch_size,
+            "per_device_eval_batch_size" => p.per_device_eval_batch_size,
+            _ => p.gradient_accumulation_steps,
+        };
+        c.ensure(v >= 1, &["stages", name, k], || format!("{k} must be ≥ 1"))?;
+    }
+    c.ensure(
+        p.max_steps == -1 || p.max_steps >= 1,
+        &at("max_steps"),
+        || "max_steps must be ≥ 1, or -1 to train for num_train_epochs".into(),
+    )?;
+    if p.max_steps < 1 {
+        positive(c, &at("num_train_epochs"), p.num_train_epochs)?;
+    }
+    c.ensure(p.weight_decay >= 0.0, &at("weight_decay"), || {
+        "weight_decay must be ≥ 0".into()
+    })?;
+    for (k, v) in [("adam_beta1", p.adam_beta1), ("adam_beta2", p.adam_beta2)] {
+        c.ensure((0.0..1.0).contains(&v), &["stages", name, k], || {
+            format!("{k} must be in [0, 1), got {v}")
+        })?;
+    }
+    positive(c, &at("adam_epsilon"), p.adam_epsilon)?;
+    c.ensure(p.max_grad_norm >= 0.0, &at("max_grad_norm"), || {
+        "max_grad_norm must be ≥ 0 (0 disables clipping)".into()
+    })?;
+    c.choice(&at("lr_scheduler_type"), &p.lr_scheduler_type, &SCHEDULERS)?;
+    c.ensure(
+        (0.0..=1.0).contains(&p.warmup_ratio),
+        &at("warmup_ratio"),
+        || format!("warmup_ratio must be in [0, 1], got {}", p.warmup_ratio),
+    )?;
+    c.ensure(p.save_steps >= 1, &at("save_steps"), || {
+        "save_steps must be ≥ 1".into()
+    })?;
+    c.ensure(p.logging_steps >= 1, &at("logging_steps"), || {
+        "logging_steps must be ≥ 1".into()
+    })?;
+    c.ensure(
+        p.save_total_limit != Some(0),
+        &at("save_total_limit"),
+        || "save_total_limit must be ≥ 1".into(),
+    )?;
+    c.choice(
+        &at("metric_for_best_model"),
+        &p.metric_for_best_model,
+        &BEST_METRICS,
+    )?;
+    match &p.target_modules {
+        TargetModules::One(s) if s.is_empty() => {
+            return Err(c.err(&at("target_modules"), "target_modules is empty"));
+        }
+        TargetModules::One(s) if s != "all-linear" => {
+            if let Err(e) = regex::Regex::new(s) {
+                let first = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                return Err(c.err(
+                    &at("target_modules"),
+                    format!("not `all-linear` and not a valid regex: {first}"),
+                ));
+            }
+        }
+        TargetModules::List(l) if l.is_empty() => {
+            return Err(c.err(&at("target_modules"), "target_modules is an empty list"));
+        }
+        _ => {}
+    }
+    if let Some(a) = &p.adapter {
+        p.adapter = Some(c.existing_dir(&at("adapter"), a)?);
+    }
+    let (dname, data) =
+        dataset_of(&p.needs, datasets).expect("check_graph guarantees a dataset need");
+    c.ensure(data.dataset.is_some(), &at("needs"), || {
+        format!("train stage `{name}` needs a training set, but dataset stage `{dname}` has only `val_dataset`")
+    })?;
+    if let Some(steps) = p.eval_steps {
+        c.ensure(steps >= 1, &at("eval_steps"), || {
+            "eval_steps must be ≥ 1".into()
+        })?;
+        c.ensure(data.val_dataset.is_some(), &at("eval_steps"), || {
+            format!("eval_steps is set but dataset stage `{dname}` has no `val_dataset`; add one or remove eval_steps")
+        })?;
+    }
+    Ok(p)
+}
+
+fn positive(c: &Check, path: &[&str], v: f64) -> Result<()> {
+    let field = path.last().copied().unwrap_or_default();
+    c.ensure(v.is_finite() && v > 0.0, path, || {
+        format!("{field} must be > 0, got {v}")
+    })
+}
+
+/// `checkpoint = "best"` picks by eval metric, so the train stage must evaluate.
+fn check_best(
+    c: &Check,
+    path: &[&str],
+    checkpoint: &str,
+    train: Option<(&str, &TrainParams)>,
+    datasets: &[(&str, &DatasetParams)],
+) -> Result<()> {
+    c.choice(path, checkpoint, &CHECKPOINTS)?;
+    if checkpoint != "best" {
+        return Ok(());
+    }
+    let Some((tname, t)) = train else {
+        return Err(c.err(path, "checkpoint = \"best\" needs a train stage in `needs`"));
+    };
+    let evaluates = dataset_of(&t.needs, datasets).is_some_and(|(_, d)| d.val_dataset.is_some());
+    c.ensure(evaluates, path, || {
+        format!("checkpoint = \"best\" needs evaluation, but train stage `{tname}` has no val_dataset to evaluate on")
+    })
+}
+
+fn export(
+    c: &Check,
+    name: &str,
+    mut p: ExportParams,
+    stages: Stages,
+    datasets: &[(&str, &DatasetParams)],
+) -> Result<ExportParams> {
+    let at = |k: &'static str| ["stages", name, k];
+    check_best(
+        c,
+        &at("checkpoint"),
+        &p.checkpoint,
+        train_of(&p.needs, stages),
+        datasets,
+    )?;
+    c.ensure(p.peft || p.merged, &at("merged"), || {
+        "nothing to export: `peft` and `merged` are both false".into()
+    })?;
+    if let Some(o) = &p.output_dir {
+        p.output_dir = Some(c.resolve(o).to_string_lossy().into_owned());
+    }
+    Ok(p)
+}
+
+fn score(
+    c: &Check,
+    name: &str,
+    mut p: ScoreParams,
+    stages: Stages,
+    datasets: &[(&str, &DatasetParams)],
+) -> Result<ScoreParams> {
+    let at = |k: &'static str| ["stages", name, k];
+    c.choice(&at("split"), &p.split, &SPLITS)?;
+    c.ensure(p.batch_size >= 1, &at("batch_size"), || {
+        "batch_size must be ≥ 1".into()
+    })?;
+    let train = train_of(&p.needs, stages);
+    if p.checkpoint != "last" || train.is_some() {
+        check_best(c, &at("checkpoint"), &p.checkpoint, train, datasets)?;
+    }
+    if let Some(a) = &p.adapter {
+        c.ensure(train.is_none(), &at("adapter"), || {
+            "set `adapter` or need a train stage, not both (both name the weights to score)".into()
+        })?;
+        p.adapter = Some(c.existing_dir(&at("adapter"), a)?);
+    }
+    match &p.dataset {
+        Some(d) => p.dataset = Some(c.existing_file(&at("dataset"), d)?),
+        None => {
+            let (dname, data) =
+                dataset_of(&p.needs, datasets).expect("check_graph guarantees a dataset need");
+            let (has, key) = match p.split.as_str() {
+                "val" => (data.val_dataset.is_some(), "val_dataset"),
+                _ => (data.dataset.is_some(), "dataset"),
+            };
+            c.ensure(has, &at("split"), || {
+                format!(
+                    "split = \"{}\" but dataset stage `{dname}` has no `{key}`",
+                    p.split
+                )
+            })?;
+        }
+    }
+    Ok(p)
+}

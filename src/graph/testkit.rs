@@ -1,0 +1,181 @@
+//! A test-only stage kind standing in for the real ones: it records each run in a log
+//! file (so tests count computations), writes its params and its upstreams' outputs to
+//! `out.txt`, and can fail, panic, sleep or resume on request.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::plan::StageFactory;
+use super::stage::{Stage, StageContext, StageError};
+use crate::experiment::{Common, StageParams, StageSpec};
+
+#[derive(Debug, Clone)]
+pub(crate) enum Behavior {
+    Ok,
+    Fail,
+    Panic,
+    InputError,
+    Sleep(Duration),
+    /// Resumable: fails the first time (leaving `progress.txt`), succeeds when it finds it.
+    FailOnceThenResume,
+}
+
+pub(crate) struct TestStage {
+    kind: &'static str,
+    params: Value,
+    inputs: Vec<PathBuf>,
+    log: PathBuf,
+    behavior: Behavior,
+    /// (stage name, start, end) of each run, for overlap checks.
+    spans: Arc<Mutex<Vec<(String, Instant, Instant)>>>,
+    input_calls: Arc<Mutex<BTreeMap<&'static str, usize>>>,
+}
+
+impl Stage for TestStage {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn params(&self) -> Value {
+        self.params.clone()
+    }
+    fn input_files(&self) -> Result<Vec<PathBuf>, StageError> {
+        *self
+            .input_calls
+            .lock()
+            .unwrap()
+            .entry(self.kind)
+            .or_default() += 1;
+        Ok(self.inputs.clone())
+    }
+    fn resumable(&self) -> bool {
+        matches!(self.behavior, Behavior::FailOnceThenResume)
+    }
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        let start = Instant::now();
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        writeln!(log, "{} {}", ctx.name, ctx.device.unwrap_or("-")).unwrap();
+        let mut out = format!("{}\n", self.params);
+        for (need, up) in ctx.inputs {
+            let text = std::fs::read_to_string(up.dir.join("out.txt"))
+                .map_err(|e| StageError::Failed(e.into()))?;
+            out.push_str(&format!("{need}: {text}"));
+        }
+        std::fs::write(ctx.out_dir.join("out.txt"), &out).unwrap();
+        let result = match &self.behavior {
+            Behavior::Ok => Ok(()),
+            Behavior::Fail => Err(StageError::Failed(anyhow::anyhow!("simulated failure"))),
+            Behavior::InputError => {
+                Err(StageError::Input("row 3: label 12 ≥ num_labels 11".into()))
+            }
+            Behavior::Panic => panic!("simulated panic in {}", ctx.name),
+            Behavior::Sleep(d) => {
+                std::thread::sleep(*d);
+                Ok(())
+            }
+            Behavior::FailOnceThenResume => {
+                let marker = ctx.out_dir.join("progress.txt");
+                if marker.exists() {
+                    std::fs::write(ctx.out_dir.join("resumed.txt"), "yes").unwrap();
+                    Ok(())
+                } else {
+                    std::fs::write(marker, "step 5").unwrap();
+                    Err(StageError::Failed(anyhow::anyhow!("interrupted")))
+                }
+            }
+        };
+        self.spans
+            .lock()
+            .unwrap()
+            .push((ctx.name.to_string(), start, Instant::now()));
+        result
+    }
+}
+
+/// Builds test stages from real validated specs; `behaviors` by stage name.
+pub(crate) struct Kit {
+    pub log: PathBuf,
+    pub behaviors: BTreeMap<String, Behavior>,
+    pub spans: Arc<Mutex<Vec<(String, Instant, Instant)>>>,
+    /// `input_files()` calls by kind.
+    pub input_calls: Arc<Mutex<BTreeMap<&'static str, usize>>>,
+}
+
+impl Kit {
+    pub fn new(dir: &Path) -> Kit {
+        Kit {
+            log: dir.join("runs.log"),
+            behaviors: BTreeMap::new(),
+            spans: Arc::default(),
+            input_calls: Arc::default(),
+        }
+    }
+
+    pub fn with(mut self, stage: &str, b: Behavior) -> Kit {
+        self.behaviors.insert(stage.into(), b);
+        self
+    }
+
+    /// How many times each stage name ran.
+    pub fn count(&self, stage: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.split(' ').next() == Some(stage))
+            .count()
+    }
+
+    pub fn devices(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .map(|l| l.split(' ').nth(1).unwrap_or_default().to_string())
+            .collect()
+    }
+
+    pub fn factory(&self) -> Box<StageFactory<'_>> {
+        Box::new(move |spec: &StageSpec, _common: &Common| {
+            let (kind, params, inputs) = match &spec.params {
+                StageParams::Dataset(p) => (
+                    "dataset",
+                    json!({"dataset": p.dataset, "val_dataset": p.val_dataset, "max_pixels": p.max_pixels}),
+                    p.dataset
+                        .iter()
+                        .chain(&p.val_dataset)
+                        .map(PathBuf::from)
+                        .collect(),
+                ),
+                StageParams::Train(p) => (
+                    "train",
+                    json!({"lora_rank": p.lora_rank, "learning_rate": p.learning_rate, "lora_alpha": p.lora_alpha}),
+                    vec![],
+                ),
+                StageParams::Export(p) => ("export", json!({"checkpoint": p.checkpoint}), vec![]),
+                StageParams::Score(p) => ("score", json!({"split": p.split}), vec![]),
+            };
+            Ok(Box::new(TestStage {
+                kind,
+                params,
+                inputs,
+                log: self.log.clone(),
+                behavior: self
+                    .behaviors
+                    .get(&spec.name)
+                    .cloned()
+                    .unwrap_or(Behavior::Ok),
+                spans: self.spans.clone(),
+                input_calls: self.input_calls.clone(),
+            }) as Box<dyn Stage>)
+        })
+    }
+}

@@ -1,0 +1,525 @@
+//! `kind = "train"`: LoRA fine-tuning of the seq_cls model on the dataset stage's records
+//! (`swift sft --task_type seq_cls --train_type lora`). Thin glue: validate the params,
+//! pick the device, load the model and splits, run `train::trainer::train`, write the
+//! final artifacts (`train::outputs`).
+//!
+//! Outputs: `logging.jsonl`, `checkpoint-N/`, `adapter/`, `best`, `metrics.json`,
+//! `train_curves.png`. Resumable: a rerun with the same key continues from the newest
+//! complete checkpoint in its output directory.
+
+use crate::backend::{ComputeDevice, CpuBackend, CudaBackend, resolve_device};
+use crate::data::record::load_split;
+use crate::experiment::schema::{Common, TargetModules as RawTargets, TrainParams};
+use crate::graph::{Stage, StageContext, StageError};
+use crate::model::lora::{LoraSpec, TargetSelector, select_targets};
+use crate::model::{SeqClassifier, WeightsSource, load_classifier_from};
+use crate::train::adapter_io::{self, AdapterConfig};
+use crate::train::checkpoint::BestMetric;
+use crate::train::loss::Problem;
+use crate::train::optimizer::AdamWConfig;
+use crate::train::params::count_params;
+use crate::train::schedule::ScheduleKind;
+use crate::train::seq_cls::{PIXEL_CACHE_BYTES, RecordSet, pixel_bytes, target_of};
+use crate::train::{PeftState, RunOptions, TrainError, TrainSpec, outputs, train};
+use burn::backend::Autodiff;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, Tensor};
+use std::path::{Path, PathBuf};
+
+/// Bump when the artifacts change.
+const VERSION: u32 = 1;
+/// Test hook: make the loop stop with an error after this optimizer step (resume tests).
+pub const INTERRUPT_ENV: &str = "PIPELINE_TRAIN_INTERRUPT_AFTER_STEPS";
+
+pub struct TrainStage {
+    params: TrainParams,
+    common: Common,
+    spec: TrainSpec,
+    lora: LoraSpec,
+}
+
+fn input(msg: impl Into<String>) -> StageError {
+    StageError::Input(msg.into())
+}
+
+impl TrainStage {
+    /// Validate `params` (everything that can be checked without the model or data).
+    pub fn new(params: TrainParams, common: &Common) -> Result<Self, StageError> {
+        let p = &params;
+        if p.train_type != "lora" {
+            return Err(input(format!(
+                "train_type {:?} is not supported (valid: lora)",
+                p.train_type
+            )));
+        }
+        if p.lora_rank == 0 {
+            return Err(input("lora_rank must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&p.lora_dropout) {
+            return Err(input(format!(
+                "lora_dropout {} must be in [0, 1)",
+                p.lora_dropout
+            )));
+        }
+        if p.learning_rate.is_nan() || p.learning_rate <= 0.0 {
+            return Err(input(format!(
+                "learning_rate must be > 0 (got {})",
+                p.learning_rate
+            )));
+        }
+        for (name, v) in [
+            ("gradient_accumulation_steps", p.gradient_accumulation_steps),
+            ("per_device_train_batch_size", p.per_device_train_batch_size),
+            ("per_device_eval_batch_size", p.per_device_eval_batch_size),
+            ("save_steps", p.save_steps),
+            ("logging_steps", p.logging_steps),
+        ] {
+            if v == 0 {
+                return Err(input(format!("{name} must be at least 1")));
+            }
+        }
+        if p.eval_steps == Some(0) {
+            return Err(input(
+                "eval_steps must be at least 1 (leave it out to evaluate only at the end)",
+            ));
+        }
+        if p.max_steps <= 0 && !(p.num_train_epochs > 0.0) {
+            return Err(input(format!(
+                "num_train_epochs must be > 0 (got {})",
+                p.num_train_epochs
+            )));
+        }
+        if !(0.0..=1.0).contains(&p.warmup_ratio) {
+            return Err(input(format!(
+                "warmup_ratio {} must be in [0, 1]",
+                p.warmup_ratio
+            )));
+        }
+        for (name, b) in [("adam_beta1", p.adam_beta1), ("adam_beta2", p.adam_beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(input(format!("{name} {b} must be in [0, 1)")));
+            }
+        }
+        let schedule = ScheduleKind::parse(&p.lr_scheduler_type).ok_or_else(|| {
+            input(format!(
+                "lr_scheduler_type {:?} is not supported (valid: {})",
+                p.lr_scheduler_type,
+                ScheduleKind::CHOICES.join(", ")
+            ))
+        })?;
+        let best_metric = BestMetric::parse(&p.metric_for_best_model).ok_or_else(|| {
+            input(format!(
+                "metric_for_best_model {:?} is not supported (valid: {})",
+                p.metric_for_best_model,
+                BestMetric::CHOICES.join(", ")
+            ))
+        })?;
+        let problem = Problem::resolve(common.task.problem_type.as_deref(), common.task.num_labels)
+            .ok_or_else(|| {
+                input(format!(
+                    "[task] problem_type {:?} is not valid (valid: {})",
+                    common.task.problem_type.as_deref().unwrap_or(""),
+                    Problem::CHOICES.join(", ")
+                ))
+            })?;
+        if problem == Problem::Regression && best_metric == BestMetric::Acc {
+            return Err(input(
+                "metric_for_best_model = \"acc\" needs a classification task (regression has no accuracy)",
+            ));
+        }
+        if common.task.num_labels == 0 {
+            return Err(input("[task] num_labels must be at least 1"));
+        }
+        resolve_device(&common.model.device, None).map_err(input)?;
+        dtype_of(&common.model.torch_dtype)?;
+        let targets = match &p.target_modules {
+            RawTargets::One(s) if s == "all-linear" => TargetSelector::AllLinear {
+                vit: !p.freeze_vit,
+                aligner: !p.freeze_aligner,
+                llm: !p.freeze_llm,
+            },
+            RawTargets::One(re) => {
+                regex::Regex::new(re)
+                    .map_err(|e| input(format!("target_modules regex {re:?}: {e}")))?;
+                TargetSelector::Regex(re.clone())
+            }
+            RawTargets::List(names) => TargetSelector::Names(names.clone()),
+        };
+        let spec = TrainSpec {
+            problem,
+            num_labels: common.task.num_labels,
+            train_batch_size: p.per_device_train_batch_size,
+            eval_batch_size: p.per_device_eval_batch_size,
+            grad_accum: p.gradient_accumulation_steps,
+            num_train_epochs: p.num_train_epochs,
+            max_steps: p.max_steps,
+            schedule,
+            learning_rate: p.learning_rate,
+            warmup_steps: p.warmup_steps,
+            warmup_ratio: p.warmup_ratio,
+            adamw: AdamWConfig {
+                beta1: p.adam_beta1,
+                beta2: p.adam_beta2,
+                eps: p.adam_epsilon,
+                weight_decay: p.weight_decay,
+            },
+            max_grad_norm: p.max_grad_norm,
+            eval_steps: p.eval_steps,
+            save_steps: p.save_steps,
+            save_total_limit: p.save_total_limit,
+            logging_steps: p.logging_steps,
+            best_metric,
+            data_seed: p.data_seed,
+            seed: common.seed,
+        };
+        let lora = LoraSpec {
+            r: p.lora_rank,
+            alpha: p.lora_alpha,
+            dropout: p.lora_dropout,
+            use_rslora: p.use_rslora,
+            targets,
+        };
+        Ok(Self {
+            params,
+            common: common.clone(),
+            spec,
+            lora,
+        })
+    }
+
+    fn model_dir(&self) -> Option<PathBuf> {
+        self.common.model.path.as_ref().map(PathBuf::from)
+    }
+
+    fn source(&self) -> Result<WeightsSource<'_>, StageError> {
+        match (&self.common.model.path, &self.common.model.preset) {
+            (Some(p), _) => Ok(WeightsSource::Dir(Path::new(p))),
+            (None, Some(name)) => Ok(WeightsSource::Preset(name)),
+            (None, None) => Err(input("[model] needs `preset` or `path`")),
+        }
+    }
+}
+
+fn dtype_of(s: &str) -> Result<DType, StageError> {
+    match s {
+        "float32" => Ok(DType::F32),
+        "bfloat16" => Ok(DType::BF16),
+        other => Err(input(format!(
+            "[model] torch_dtype {other:?} is not supported (valid: float32, bfloat16)"
+        ))),
+    }
+}
+
+impl Stage for TrainStage {
+    fn kind(&self) -> &'static str {
+        "train"
+    }
+
+    fn version(&self) -> u32 {
+        VERSION
+    }
+
+    /// Every train param except `needs` (the upstream keys already cover it), plus what of
+    /// `[model]`/`[task]` changes the weights. `device` is left out: it changes speed, not
+    /// the algorithm.
+    fn params(&self) -> serde_json::Value {
+        let mut train = serde_json::to_value(&self.params).unwrap_or_default();
+        if let Some(o) = train.as_object_mut() {
+            o.remove("needs");
+        }
+        let m = &self.common.model;
+        serde_json::json!({
+            "train": train,
+            "model": { "preset": m.preset, "path": m.path, "torch_dtype": m.torch_dtype },
+            "task": self.common.task,
+            "seed": self.common.seed,
+        })
+    }
+
+    fn input_files(&self) -> Result<Vec<PathBuf>, StageError> {
+        let mut files = Vec::new();
+        if let Some(dir) = self.model_dir() {
+            files.extend(weight_files(&dir)?);
+        }
+        if let Some(a) = &self.params.adapter {
+            let a = PathBuf::from(a);
+            files.push(a.join(adapter_io::CONFIG_FILE));
+            files.push(a.join(adapter_io::WEIGHTS_FILE));
+        }
+        Ok(files)
+    }
+
+    fn required_inputs(&self) -> &'static [&'static str] {
+        &["dataset"]
+    }
+
+    fn resumable(&self) -> bool {
+        true
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
+        let device = resolve_device(&self.common.model.device, ctx.device).map_err(input)?;
+        let dtype = dtype_of(&self.common.model.torch_dtype)?;
+        let say = |m: String| {
+            let _ = ctx.progress.println(m);
+        };
+        if self.common.model.device == "auto" && ctx.device.is_none() {
+            say(format!("[{}] device auto → {device}", ctx.name));
+        }
+        match device {
+            ComputeDevice::Cpu => {
+                if dtype == DType::BF16 {
+                    say(format!(
+                        "[{}] torch_dtype bfloat16 → training in float32 on the CPU (bf16 matmuls are slow there)",
+                        ctx.name
+                    ));
+                }
+                self.run_on::<Autodiff<CpuBackend>>(ctx, Default::default(), DType::F32)
+            }
+            ComputeDevice::Cuda(i) => self.run_on::<Autodiff<CudaBackend>>(
+                ctx,
+                burn::backend::cuda::CudaDevice::new(i),
+                dtype,
+            ),
+        }
+    }
+}
+
+/// `config.json` and the safetensors weights (index + shards, or one file) of a model dir.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, StageError> {
+    let mut files = vec![dir.join("config.json")];
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| input(format!("[model] path {}: {e}", dir.display())))?;
+    let mut st: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            n.ends_with(".safetensors") || n == "model.safetensors.index.json"
+        })
+        .collect();
+    st.sort();
+    files.extend(st);
+    Ok(files)
+}
+
+/// Rows of `score.weight` in a model directory's checkpoint, if it has one.
+fn checkpoint_score_rows(dir: &Path) -> Option<usize> {
+    for f in weight_files(dir).ok()? {
+        if f.extension().is_none_or(|e| e != "safetensors") {
+            continue;
+        }
+        let mut file = std::fs::File::open(&f).ok()?;
+        let mut len = [0u8; 8];
+        std::io::Read::read_exact(&mut file, &mut len).ok()?;
+        let n = u64::from_le_bytes(len) as usize;
+        let mut header = vec![0u8; n];
+        std::io::Read::read_exact(&mut file, &mut header).ok()?;
+        let json: serde_json::Value = serde_json::from_slice(&header).ok()?;
+        if let Some(shape) = json.get("score.weight").and_then(|t| t.get("shape")) {
+            return shape.get(0).and_then(|v| v.as_u64()).map(|v| v as usize);
+        }
+    }
+    None
+}
+
+impl TrainStage {
+    fn run_on<B: AutodiffBackend>(
+        &self,
+        ctx: &StageContext,
+        device: B::Device,
+        dtype: DType,
+    ) -> Result<(), StageError> {
+        let num_labels = self.spec.num_labels;
+        let data = ctx
+            .upstream_of_kind("dataset")
+            .ok_or_else(|| input(format!("stage {:?} needs a dataset stage", ctx.name)))?;
+        let split = |name: &str| load_split(&data.dir, name).map_err(|e| input(e.to_string()));
+        let train_recs = split("train")?.ok_or_else(|| {
+            input(format!(
+                "stage {:?}: the dataset stage has no train split (set `dataset`)",
+                ctx.name
+            ))
+        })?;
+        let val_recs = split("val")?;
+        if self.params.eval_steps.is_some() && val_recs.is_none() {
+            return Err(input(format!(
+                "stage {:?}: eval_steps is set but the dataset stage has no val split (set `val_dataset` or drop eval_steps)",
+                ctx.name
+            )));
+        }
+        if train_recs.is_empty() {
+            return Err(input("the train split is empty"));
+        }
+
+        // Model: backbone, then adapters (fresh or from `adapter`).
+        if let Some(dir) = self.model_dir()
+            && let Some(rows) = checkpoint_score_rows(&dir)
+            && rows != num_labels
+        {
+            return Err(input(format!(
+                "{}: score.weight has {rows} labels but [task] num_labels = {num_labels}",
+                dir.display()
+            )));
+        }
+        let model: SeqClassifier<B> =
+            load_classifier_from(self.source()?, num_labels, dtype, self.common.seed, &device)
+                .map_err(|e| input(e.to_string()))?;
+        let all_linear = model.linear_names();
+        let model = match &self.params.adapter {
+            None => {
+                // Check the selection first: a clear list of what exists beats a deep error.
+                select_targets(&all_linear, &self.lora.targets)
+                    .map_err(|e| input(e.to_string()))?;
+                model
+                    .apply_lora(&self.lora, self.common.seed)
+                    .map_err(|e| input(e.to_string()))?
+            }
+            Some(dir) => load_adapter(model, &self.lora, Path::new(dir), num_labels, &device)?,
+        };
+        let wrapped: Vec<String> = model
+            .lora_weights()
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .collect();
+        let counts = count_params::<B, _>(&model);
+        let info = format!("SeqClassifier: {}", counts.describe());
+        let _ = ctx.progress.println(format!("[{}] {info}", ctx.name));
+
+        // Splits with targets; pixel rows cached once when they fit the budget.
+        let cfg = model.config().clone();
+        let to_set = |recs: Vec<_>, name: &str, cache: bool| -> Result<RecordSet, StageError> {
+            let targets = recs
+                .iter()
+                .map(|r| target_of(r, name, self.spec.problem, num_labels))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| input(e.to_string()))?;
+            RecordSet::new(recs, targets, &data.dir, &cfg, cache).map_err(|e| input(e.to_string()))
+        };
+        let val_bytes = val_recs.as_ref().map_or(0, |v| pixel_bytes(v, &cfg));
+        let cache_val = val_bytes <= PIXEL_CACHE_BYTES;
+        let cache_train = pixel_bytes(&train_recs, &cfg) + if cache_val { val_bytes } else { 0 }
+            <= PIXEL_CACHE_BYTES;
+        let train_set = to_set(train_recs, "train", cache_train)?;
+        let val_set = val_recs.map(|v| to_set(v, "val", cache_val)).transpose()?;
+
+        let adapter_config = AdapterConfig {
+            r: self.lora.r,
+            lora_alpha: self.lora.alpha,
+            lora_dropout: self.lora.dropout,
+            use_rslora: self.lora.use_rslora,
+            target_modules: adapter_io::target_modules_for(&wrapped, &all_linear),
+            modules_to_save: vec!["score".into()],
+            base_model_name_or_path: self.common.model.path.clone(),
+        };
+        let progress = ctx.progress.add(indicatif::ProgressBar::new(0));
+        progress.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} steps  {msg}  ({elapsed} < {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        progress.set_prefix(ctx.name.to_string());
+        let stop_after_steps = std::env::var(INTERRUPT_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok());
+        let opts = RunOptions {
+            out_dir: ctx.out_dir,
+            adapter_config,
+            progress,
+            stop_after_steps,
+            model_info: info,
+        };
+        let val_ref = val_set
+            .as_ref()
+            .map(|v| v as &dyn crate::train::SampleSet<_>);
+        let (model, outcome) = train::<B, _, _>(
+            model, &train_set, val_ref, &self.spec, &opts, &device,
+        )
+        .map_err(|e| match e {
+            TrainError::Checkpoint(m) => input(m),
+            other => StageError::Failed(other.into()),
+        })?;
+        if let Some(from) = outcome.resumed_from {
+            let _ = ctx
+                .progress
+                .println(format!("[{}] resumed from checkpoint-{from}", ctx.name));
+        }
+        outputs::finish(
+            ctx.out_dir,
+            &outcome,
+            &opts.adapter_config,
+            &model.peft_tensors(),
+        )
+        .map_err(|e| StageError::Failed(e.into()))?;
+        if let Some(e) = &outcome.final_eval {
+            let _ = ctx.progress.println(format!(
+                "[{}] {} steps: eval_loss {:.4}{}",
+                ctx.name,
+                outcome.global_step,
+                e.loss,
+                e.acc
+                    .map_or(String::new(), |a| format!("  eval_acc {a:.4}"))
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Start from an existing PEFT adapter: its A/B on the named modules and its score head.
+fn load_adapter<B: AutodiffBackend>(
+    model: SeqClassifier<B>,
+    lora: &LoraSpec,
+    dir: &Path,
+    num_labels: usize,
+    device: &B::Device,
+) -> Result<SeqClassifier<B>, StageError> {
+    let (cfg, tensors) = adapter_io::read_adapter(dir).map_err(input)?;
+    if cfg.r != lora.r {
+        return Err(input(format!(
+            "{}: the adapter has r = {} but lora_rank = {}",
+            dir.display(),
+            cfg.r,
+            lora.r
+        )));
+    }
+    let to_tensor =
+        |d: &burn::tensor::TensorData| Tensor::<B, 2>::from_data(d.clone(), (device, DType::F32));
+    let mut a = std::collections::BTreeMap::new();
+    let mut b = std::collections::BTreeMap::new();
+    let mut score = None;
+    for (k, d) in &tensors {
+        if k == adapter_io::SCORE_KEY {
+            let rows = d.shape[0];
+            if rows != num_labels {
+                return Err(input(format!(
+                    "{}: the adapter's score head has {rows} labels but [task] num_labels = {num_labels}",
+                    dir.display()
+                )));
+            }
+            score = Some(to_tensor(d));
+        } else if let Some((m, which)) = adapter_io::parse_lora_key(k) {
+            let map = if which == 'A' { &mut a } else { &mut b };
+            map.insert(m.to_string(), to_tensor(d));
+        }
+    }
+    let mut adapters = Vec::new();
+    for (m, ta) in a {
+        let tb = b
+            .remove(&m)
+            .ok_or_else(|| input(format!("{}: {m} has lora_A but no lora_B", dir.display())))?;
+        adapters.push((m, ta, tb));
+    }
+    let spec = LoraSpec {
+        alpha: cfg.lora_alpha,
+        use_rslora: cfg.use_rslora,
+        ..lora.clone()
+    };
+    model
+        .load_lora_weights(&spec, adapters, score)
+        .map_err(|e| input(format!("{}: {e}", dir.display())))
+}
