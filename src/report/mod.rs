@@ -1,4 +1,4 @@
-//! Reports: metrics of scored splits, scores.jsonl lines, tables, plots (PNG).
+//! Reports: metrics, scores.jsonl lines, tables and plots (PNG) shared by the stages.
 
 pub mod confusion;
 pub mod metrics;

@@ -15,14 +15,14 @@ use serde_json::json;
 
 use crate::adapter::apply::apply_adapter;
 use crate::adapter::{AdapterConfig, PeftAdapter, read_peft_adapter, write_peft_adapter};
-use crate::backend::{ComputeDevice, CpuBackend, CudaBackend, resolve_device};
+use crate::backend::{CpuBackend, CudaBackend};
 use crate::experiment::schema::{Common, ExportParams};
 use crate::export::hf_config::HeadSpec;
 use crate::export::merged::{copy_processor_files, preprocessor_config, write_merged};
 use crate::export::output_dir::{check_writable, publish_copy};
 use crate::export::shards::DEFAULT_MAX_SHARD_BYTES;
 use crate::export::source::{
-    base_config, base_model_name, model_dtype, train_adapter_dir,
+    Compute, base_config, base_model_name, compute_device, model_dtype, train_adapter_dir,
 };
 use crate::graph::{Stage, StageContext, StageError};
 use crate::model::tokenizer::{SpecialTokens, load_tokenizer};
@@ -271,9 +271,9 @@ impl Stage for ExportStage {
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let (dtype, _) = model_dtype(&self.common.model.torch_dtype).map_err(input)?;
-        match resolve_device(&self.common.model.device, ctx.device).map_err(input)? {
-            ComputeDevice::Cpu => self.run_on::<CpuBackend>(ctx, Default::default(), dtype),
-            ComputeDevice::Cuda(i) => {
+        match compute_device(&self.common.model.device, ctx.device).map_err(input)? {
+            Compute::Cpu => self.run_on::<CpuBackend>(ctx, Default::default(), dtype),
+            Compute::Cuda(i) => {
                 self.run_on::<CudaBackend>(ctx, burn::backend::cuda::CudaDevice::new(i), dtype)
             }
         }

@@ -12,10 +12,10 @@ pub mod train;
 
 /// Build the stage for `spec` (`graph::Plan::build` takes this as its factory).
 pub fn build(spec: &StageSpec, common: &Common) -> Result<Box<dyn Stage>, StageError> {
-    match &spec.params {
-        StageParams::Dataset(p) => Ok(Box::new(dataset::DatasetStage::new(p.clone(), common)?)),
-        StageParams::Train(p) => Ok(Box::new(train::TrainStage::new(p.clone(), common)?)),
-        StageParams::Export(p) => Ok(Box::new(export::ExportStage::new(p.clone(), common)?)),
-        StageParams::Score(p) => Ok(Box::new(score::ScoreStage::new(p.clone(), common)?)),
-    }
+    Ok(match &spec.params {
+        StageParams::Dataset(p) => Box::new(dataset::DatasetStage::new(p.clone(), common)?),
+        StageParams::Train(p) => Box::new(train::TrainStage::new(p.clone(), common)?),
+        StageParams::Export(p) => Box::new(export::ExportStage::new(p.clone(), common)?),
+        StageParams::Score(p) => Box::new(score::ScoreStage::new(p.clone(), common)?),
+    })
 }

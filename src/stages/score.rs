@@ -20,10 +20,10 @@ use serde_json::{Value, json};
 
 use crate::adapter::apply::apply_adapter;
 use crate::adapter::read_peft_adapter;
-use crate::backend::{ComputeDevice, CpuBackend, CudaBackend, resolve_device};
+use crate::backend::{CpuBackend, CudaBackend};
 use crate::data::record::{Record, load_split};
 use crate::experiment::schema::{Common, ScoreParams};
-use crate::export::source::{model_dtype, train_adapter_dir};
+use crate::export::source::{Compute, compute_device, model_dtype, train_adapter_dir};
 use crate::graph::{Stage, StageContext, StageError};
 use crate::model::inputs::{PaddingSide, SampleInputs, collate};
 use crate::model::processor::pixel_rows;
@@ -441,10 +441,10 @@ impl Stage for ScoreStage {
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let (dtype, _) = model_dtype(&self.common.model.torch_dtype).map_err(input)?;
-        match resolve_device(&self.common.model.device, ctx.device).map_err(input)? {
+        match compute_device(&self.common.model.device, ctx.device).map_err(input)? {
             // bf16 matmuls are slow on the CPU backend; score in f32 there (as training does).
-            ComputeDevice::Cpu => self.run_on::<CpuBackend>(ctx, Default::default(), DType::F32),
-            ComputeDevice::Cuda(i) => {
+            Compute::Cpu => self.run_on::<CpuBackend>(ctx, Default::default(), DType::F32),
+            Compute::Cuda(i) => {
                 self.run_on::<CudaBackend>(ctx, burn::backend::cuda::CudaDevice::new(i), dtype)
             }
         }
