@@ -8,11 +8,12 @@
 
 use burn::backend::Autodiff;
 use burn::tensor::DType;
+use pipeline::adapter::AdapterConfig;
+use pipeline::adapter::targets::TargetModules;
 use pipeline::backend::CpuBackend;
 use pipeline::model::inputs::SampleInputs;
 use pipeline::model::lora::{LoraSpec, TargetSelector};
 use pipeline::model::{SeqClassifier, WeightsSource, load_classifier_from};
-use pipeline::train::adapter_io::{AdapterConfig, TargetModules};
 use pipeline::train::checkpoint::BestMetric;
 use pipeline::train::loss::{Problem, Target};
 use pipeline::train::optimizer::AdamWConfig;
@@ -96,9 +97,9 @@ fn train_step_throughput_tiny() {
             lora_alpha: 16.0,
             lora_dropout: 0.05,
             use_rslora: false,
-            target_modules: TargetModules::Names(vec![]),
+            target_modules: TargetModules::List(vec![]),
             modules_to_save: vec!["score".into()],
-            base_model_name_or_path: None,
+            base_model_name_or_path: String::new(),
         },
         progress: indicatif::ProgressBar::hidden(),
         stop_after_steps: None,

@@ -1,11 +1,13 @@
 //! The train stage end to end on the tiny fixture model (tests/fixtures/train/model) and a
 //! generated 6-image dataset entry, and its one-line input errors.
 
+use pipeline::adapter::peft::WEIGHTS_FILE;
+use pipeline::adapter::read_peft_state;
+use pipeline::adapter::targets::TargetModules;
 use pipeline::data::record::{Label, Record, RecordImage};
 use pipeline::experiment::schema::{Common, ModelSpec, TaskSpec, TrainParams};
 use pipeline::graph::{Stage, StageContext, StageError, Upstream};
 use pipeline::stages::train::TrainStage;
-use pipeline::train::adapter_io::{self, TargetModules};
 use pipeline::train::safetensors_io;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -146,7 +148,7 @@ fn trains_and_writes_every_artifact() {
     ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
-    let (cfg, tensors) = adapter_io::read_adapter(&out.join("adapter")).unwrap();
+    let (cfg, tensors) = read_peft_state(&out.join("adapter")).unwrap();
     // all-linear with the default freeze_vit = true: LLM layers only, as a regex.
     let TargetModules::Regex(re) = &cfg.target_modules else {
         panic!("{:?}", cfg.target_modules)
@@ -163,11 +165,11 @@ fn trains_and_writes_every_artifact() {
         3
     );
     // A second run with the same output directory resumes from checkpoint-3: nothing to do.
-    let before = std::fs::read(out.join("adapter").join(adapter_io::WEIGHTS_FILE)).unwrap();
+    let before = std::fs::read(out.join("adapter").join(WEIGHTS_FILE)).unwrap();
     run(&stage, &data, &out).unwrap();
     assert_eq!(
         before,
-        std::fs::read(out.join("adapter").join(adapter_io::WEIGHTS_FILE)).unwrap()
+        std::fs::read(out.join("adapter").join(WEIGHTS_FILE)).unwrap()
     );
 }
 

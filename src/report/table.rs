@@ -69,6 +69,16 @@ fn per_class(out: &mut String, stats: &[ClassStats], names: Option<&[String]>) {
     }
 }
 
+/// Print `text` above the progress bars (on stderr when the bars are hidden, e.g. when
+/// stderr is not a terminal: `MultiProgress::println` drops lines then).
+pub fn print_above(progress: &indicatif::MultiProgress, text: &str) {
+    if progress.is_hidden() {
+        eprintln!("{text}");
+    } else {
+        let _ = progress.println(text);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::metrics::single_label;
@@ -91,15 +101,5 @@ mod tests {
             lines[3].starts_with("1 square") && lines[3].ends_with(" 0"),
             "{t}"
         );
-    }
-}
-
-/// Print `text` above the progress bars (on stderr when the bars are hidden, e.g. when
-/// stderr is not a terminal: `MultiProgress::println` drops lines then).
-pub fn print_above(progress: &indicatif::MultiProgress, text: &str) {
-    if progress.is_hidden() {
-        eprintln!("{text}");
-    } else {
-        let _ = progress.println(text);
     }
 }
