@@ -353,3 +353,24 @@ fn wrong_inputs_fail_with_clear_messages() {
         .to_string();
     assert!(e.contains("label") && e.contains("test.jsonl"), "{e}");
 }
+
+#[test]
+fn our_exported_adapter_scores_as_peft_runs_it() {
+    // `ours/peft` was written by our exporter; PEFT's logits for it are in ours_reference.json.
+    let tmp = tempfile::tempdir().unwrap();
+    let common = common_for(&interop_dir().join("model"), 3, None);
+    let data = dataset(&common, tmp.path());
+    let adapter = interop_dir().join("ours/peft").display().to_string();
+    let out = tmp.path().join("score");
+    let stage = ScoreStage::new(score_params(&format!("adapter = {adapter:?}")), &common).unwrap();
+    run_stage(&stage, "score", &out, &[("data", "dataset", &data)]).unwrap();
+    let peft: Vec<Vec<f64>> = read_json(&interop_dir().join("ours_reference.json"))["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| floats(&r["peft_logits"]))
+        .collect();
+    let worst = check_single_label(&read_scores(&out.join("scores.jsonl")), &peft);
+    eprintln!("adapter = ours/peft: max |Δ log p| vs PEFT = {worst:.2e}");
+    assert!(worst < LOGIT_TOL, "max |Δ log p| = {worst:e}");
+}

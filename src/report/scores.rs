@@ -12,40 +12,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::metrics::{self, Metrics, argmax};
+pub use crate::data::label::ProblemType;
 use crate::data::record::Label;
-
-/// ms-swift's `problem_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProblemType {
-    SingleLabel,
-    MultiLabel,
-    Regression,
-}
-
-impl ProblemType {
-    /// An explicit `[task] problem_type` wins; otherwise regression when num_labels == 1,
-    /// else single-label (ms-swift `_get_problem_type` without labels).
-    pub fn resolve(explicit: Option<&str>, num_labels: usize) -> Result<Self, String> {
-        match explicit {
-            Some("single_label_classification") => Ok(Self::SingleLabel),
-            Some("multi_label_classification") => Ok(Self::MultiLabel),
-            Some("regression") => Ok(Self::Regression),
-            Some(other) => Err(format!(
-                "unknown problem_type {other:?}; expected single_label_classification, multi_label_classification or regression"
-            )),
-            None if num_labels == 1 => Ok(Self::Regression),
-            None => Ok(Self::SingleLabel),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::SingleLabel => "single_label_classification",
-            Self::MultiLabel => "multi_label_classification",
-            Self::Regression => "regression",
-        }
-    }
-}
 
 /// One line of scores.jsonl; keys in this order.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -74,13 +42,13 @@ pub fn score_line(
 ) -> ScoreLine {
     let labels = label.map_or(Value::Null, label_json);
     let (response, class_logprobs, logprobs) = match problem {
-        ProblemType::SingleLabel => {
+        ProblemType::SingleLabelClassification => {
             let lp = log_softmax(logits);
             let pred = argmax(logits);
             let content = json!({"index": pred, "logprob": lp[pred], "top_logprobs": top(&lp)});
             (json!(pred), Some(lp), Some(json!({"content": [content]})))
         }
-        ProblemType::MultiLabel => {
+        ProblemType::MultiLabelClassification => {
             let lp: Vec<f32> = logits.iter().map(|&z| log_sigmoid(z)).collect();
             // sigmoid(z) ≥ 0.5 ⇔ z ≥ 0.
             let preds: Vec<usize> = (0..logits.len()).filter(|&c| logits[c] >= 0.0).collect();
@@ -182,7 +150,7 @@ pub fn split_metrics(
         )
     };
     Ok(Some(match problem {
-        ProblemType::SingleLabel => {
+        ProblemType::SingleLabelClassification => {
             let mut lps = Vec::new();
             let mut gold = Vec::new();
             for (i, z, l) in labelled {
@@ -194,7 +162,7 @@ pub fn split_metrics(
             }
             Metrics::SingleLabel(metrics::single_label(&lps, &gold, num_labels))
         }
-        ProblemType::MultiLabel => {
+        ProblemType::MultiLabelClassification => {
             let mut zs = Vec::new();
             let mut gold = Vec::new();
             for (i, z, l) in labelled {
@@ -233,7 +201,7 @@ mod tests {
     fn single_label_line_has_the_contract_shape() {
         let line = score_line(
             7,
-            ProblemType::SingleLabel,
+            ProblemType::SingleLabelClassification,
             &[0.5, 2.0, -1.0],
             Some(&Label::Class(1)),
             vec!["a.png".into()],
@@ -281,7 +249,7 @@ mod tests {
     fn multi_label_uses_sigmoid_threshold_and_logsigmoid() {
         let line = score_line(
             0,
-            ProblemType::MultiLabel,
+            ProblemType::MultiLabelClassification,
             &[1.0, -2.0, 0.0],
             Some(&Label::Classes(vec![0])),
             vec![],
@@ -317,30 +285,28 @@ mod tests {
         let b = [0.0f32, 2.0];
         let rows = [(0, &a[..], Some(&Label::Class(0))), (1, &b[..], None)];
         let Some(Metrics::SingleLabel(m)) =
-            split_metrics(ProblemType::SingleLabel, 2, &rows).unwrap()
+            split_metrics(ProblemType::SingleLabelClassification, 2, &rows).unwrap()
         else {
             panic!("single-label metrics expected")
         };
         assert_eq!(m.num_samples, 1);
         assert_eq!(m.acc, 1.0);
         assert!(
-            split_metrics(ProblemType::SingleLabel, 2, &[(1, &b[..], None)])
-                .unwrap()
-                .is_none()
+            split_metrics(
+                ProblemType::SingleLabelClassification,
+                2,
+                &[(1, &b[..], None)]
+            )
+            .unwrap()
+            .is_none()
         );
         let bad = Label::Class(5);
-        let e = split_metrics(ProblemType::SingleLabel, 2, &[(4, &a[..], Some(&bad))]).unwrap_err();
+        let e = split_metrics(
+            ProblemType::SingleLabelClassification,
+            2,
+            &[(4, &a[..], Some(&bad))],
+        )
+        .unwrap_err();
         assert!(e.contains("row 4") && e.contains("num_labels 2"), "{e}");
-    }
-
-    #[test]
-    fn problem_type_resolution() {
-        assert_eq!(ProblemType::resolve(None, 1), Ok(ProblemType::Regression));
-        assert_eq!(ProblemType::resolve(None, 11), Ok(ProblemType::SingleLabel));
-        assert_eq!(
-            ProblemType::resolve(Some("multi_label_classification"), 4),
-            Ok(ProblemType::MultiLabel)
-        );
-        assert!(ProblemType::resolve(Some("ranking"), 4).is_err());
     }
 }

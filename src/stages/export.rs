@@ -62,7 +62,7 @@ impl ExportStage {
         model_dtype(&common.model.torch_dtype).map_err(input)?;
         let problem =
             ProblemType::resolve(common.task.problem_type.as_deref(), common.task.num_labels)
-                .map_err(input)?;
+                .map_err(|e| input(e.to_string()))?;
         Ok(Self {
             params,
             common: common.clone(),

@@ -96,7 +96,7 @@ impl ScoreStage {
         model_dtype(&common.model.torch_dtype).map_err(input)?;
         let problem =
             ProblemType::resolve(common.task.problem_type.as_deref(), common.task.num_labels)
-                .map_err(input)?;
+                .map_err(|e| input(e.to_string()))?;
         Ok(Self {
             params,
             common: common.clone(),
@@ -443,7 +443,18 @@ impl Stage for ScoreStage {
         let (dtype, _) = model_dtype(&self.common.model.torch_dtype).map_err(input)?;
         match compute_device(&self.common.model.device, ctx.device).map_err(input)? {
             // bf16 matmuls are slow on the CPU backend; score in f32 there (as training does).
-            Compute::Cpu => self.run_on::<CpuBackend>(ctx, Default::default(), DType::F32),
+            Compute::Cpu => {
+                if dtype == DType::BF16 {
+                    crate::report::table::print_above(
+                        ctx.progress,
+                        &format!(
+                            "[{}] torch_dtype bfloat16 → scoring in float32 on the CPU",
+                            ctx.name
+                        ),
+                    );
+                }
+                self.run_on::<CpuBackend>(ctx, Default::default(), DType::F32)
+            }
             Compute::Cuda(i) => {
                 self.run_on::<CudaBackend>(ctx, burn::backend::cuda::CudaDevice::new(i), dtype)
             }
