@@ -155,7 +155,13 @@ mod tests {
         assert_eq!(cfg["model_type"], "qwen2_5_vl");
         assert_eq!(model_dtype("bfloat16").unwrap().1, "bfloat16");
         assert!(model_dtype("float16").is_err());
-        assert_eq!(compute_device("auto", Some("cpu")), Ok(Compute::Cpu), "a pin wins");
-        assert!(compute_device("tpu", None).unwrap_err().contains("unknown device"));
+        // A scheduler pin wins over the experiment's setting.
+        assert_eq!(compute_device("auto", Some("cpu")), Ok(Compute::Cpu));
+        assert_eq!(compute_device("cpu", None), Ok(Compute::Cpu));
+        let err = compute_device("tpu", None).unwrap_err();
+        assert!(
+            err.contains("\"tpu\"") && err.contains("\"cuda:N\""),
+            "{err}"
+        );
     }
 }

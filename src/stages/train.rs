@@ -140,8 +140,16 @@ impl TrainStage {
                 llm: !p.freeze_llm,
             },
             RawTargets::One(re) => {
-                regex::Regex::new(re)
-                    .map_err(|e| input(format!("target_modules regex {re:?}: {e}")))?;
+                regex::Regex::new(re).map_err(|e| {
+                    // The regex crate's message spans lines (pattern, caret, error):
+                    // keep the error line.
+                    let msg = e.to_string();
+                    let last = msg.lines().last().unwrap_or_default();
+                    input(format!(
+                        "target_modules regex {re:?}: {}",
+                        last.trim_start_matches("error: ")
+                    ))
+                })?;
                 TargetSelector::Regex(re.clone())
             }
             RawTargets::List(names) => TargetSelector::Names(names.clone()),
