@@ -14,7 +14,7 @@ use pipeline::graph::{
     ExecError, Plan, PlanError, RunOptions, execute, explain, progress::human_duration, slurm,
 };
 use pipeline::stages;
-use pipeline::store::summary::{latest_metrics, sweep_summary};
+use pipeline::store::summary::{HEATMAP_FILE, latest_metrics, sweep_summary};
 use pipeline::store::{Store, gc};
 
 const DEFAULT_EXPERIMENT: &str = "experiments/cls11.toml";
@@ -178,9 +178,13 @@ fn run(cli: Cli) -> Result<()> {
             let result = execute(&plan, &store, &opts, &multi);
             if loaded.is_sweep() {
                 let summary = sweep_summary(&store, &loaded);
-                let (_, md) = summary.write(&store)?;
+                let files = summary.write(&store)?;
                 println!("{}", summary.to_markdown());
-                eprintln!("summary: {}", md.display());
+                eprintln!("summary: {}, {}", files.md.display(), files.csv.display());
+                match files.heatmap {
+                    Ok(png) => eprintln!("heatmap: {}", png.display()),
+                    Err(why) => eprintln!("heatmap: none ({why})"),
+                }
             }
             let report = result?;
             eprintln!(
@@ -227,15 +231,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Show { file } => {
             let loaded = experiment::load(&file)?;
-            let md = store.experiment_dir(loaded.name()).join("sweep.md");
-            if md.is_file() {
-                print!(
-                    "{}",
-                    std::fs::read_to_string(&md)
-                        .with_context(|| format!("cannot read {}", md.display()))?
-                );
-            } else if loaded.is_sweep() {
+            if loaded.is_sweep() {
+                // From the links, not sweep.md: slurm tasks finishing together may have
+                // left an older table there.
                 print!("{}", sweep_summary(&store, &loaded).to_markdown());
+                let png = store.experiment_dir(loaded.name()).join(HEATMAP_FILE);
+                if png.is_file() {
+                    println!("\nheatmap: {}", png.display());
+                }
             } else {
                 print!("{}", latest_metrics(&store, &loaded));
             }

@@ -91,9 +91,25 @@ fn show_prints_latest_metrics_or_the_sweep_summary() {
         "{out}"
     );
 
-    std::fs::write(runs.join("demo/sweep.md"), "| variant | r |\n").unwrap();
-    let (_, out, _) = run_cli(p.path(), &["show", "exp.toml"]);
-    assert_eq!(out, "| variant | r |\n");
+    // A sweep: the table is rebuilt from the links (a stale sweep.md is not trusted).
+    let sweep = format!("{EXPERIMENT}\n[sweep]\n\"stages.train.lora_rank\" = [8, 16]\n");
+    std::fs::write(p.path().join("exp.toml"), sweep).unwrap();
+    std::fs::write(runs.join("demo/sweep.md"), "| stale |\n").unwrap();
+    link(
+        &runs,
+        "demo/r16/score",
+        "../../cache/score-5555555555555555",
+    );
+    let (code, out, err) = run_cli(p.path(), &["show", "exp.toml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("stale"), "{out}");
+    let row = |v: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("| {v} |")))
+            .unwrap()
+    };
+    assert!(row("r16").contains("| 16 | 0.8750 |"), "{out}");
+    assert!(row("r8").contains("| 8 | – |"), "{out}");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 pub mod confusion;
 pub mod font;
+pub mod heatmap;
 pub mod metrics;
 pub mod plot;
 pub mod scores;

@@ -1,7 +1,6 @@
 //! Line charts rendered to PNG with `plotters` (bitmap backend, text via ab_glyph).
 //!
-//! Text uses DejaVu Sans Mono (Bitstream Vera license, `assets/fonts/DejaVu-LICENSE.txt`),
-//! compiled into the binary and registered once as the `sans-serif` family.
+//! Text uses the embedded font of `report::font`.
 //!
 //! ```no_run
 //! use pipeline::report::plot::{Chart, Series, render_grid};
@@ -11,25 +10,9 @@
 
 use plotters::prelude::*;
 use std::path::Path;
-use std::sync::OnceLock;
 
-static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
-const FAMILY: &str = "sans-serif";
-
-#[derive(Debug, thiserror::Error)]
-pub enum PlotError {
-    #[error("cannot register the embedded font")]
-    Font,
-    #[error("drawing {path}: {message}")]
-    Draw { path: String, message: String },
-}
-
-fn register_font() -> Result<(), PlotError> {
-    static DONE: OnceLock<bool> = OnceLock::new();
-    let ok = *DONE
-        .get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
-    if ok { Ok(()) } else { Err(PlotError::Font) }
-}
+pub use super::font::PlotError;
+use super::font::{FAMILY, register_font};
 
 /// Colours used in order for the series of a chart.
 pub const PALETTE: [RGBColor; 6] = [

@@ -170,7 +170,7 @@ impl ScoreStage {
             Some(dir) => {
                 let adapter = read_peft_adapter(&dir).map_err(|e| input(e.to_string()))?;
                 if adapter.score.is_none() {
-                    let _ = ctx.progress.println(format!(
+                    ctx.say(format!(
                         "[{}] warning: adapter {} saved no score head; using the base model's",
                         ctx.name,
                         dir.display()
@@ -183,7 +183,7 @@ impl ScoreStage {
                 if let ModelSource::Path(d) = &source
                     && !checkpoint_has_score(d)
                 {
-                    let _ = ctx.progress.println(format!(
+                    ctx.say(format!(
                         "[{}] warning: {} has no score.weight and no adapter is given: the head is random (seed {})",
                         ctx.name,
                         d.display(),
@@ -312,7 +312,7 @@ impl ScoreStage {
             }
             None => report.push_str("no gold labels: scores only\n"),
         }
-        let _ = ctx.progress.println(report.trim_end());
+        ctx.say(report.trim_end());
         Ok(())
     }
 }

@@ -260,9 +260,7 @@ impl Stage for TrainStage {
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let device = resolve_device(&self.common.model.device, ctx.device).map_err(input)?;
         let dtype = dtype_of(&self.common.model.torch_dtype)?;
-        let say = |m: String| {
-            let _ = ctx.progress.println(m);
-        };
+        let say = |m: String| ctx.say(m);
         if self.common.model.device == "auto" && ctx.device.is_none() {
             say(format!("[{}] device auto → {device}", ctx.name));
         }
@@ -387,7 +385,7 @@ impl TrainStage {
             .collect();
         let counts = count_params::<B, _>(&model);
         let info = format!("SeqClassifier: {}", counts.describe());
-        let _ = ctx.progress.println(format!("[{}] {info}", ctx.name));
+        ctx.say(format!("[{}] {info}", ctx.name));
 
         // Splits with targets; pixel rows cached once when they fit the budget.
         let cfg = model.config().clone();
@@ -445,9 +443,7 @@ impl TrainStage {
             other => StageError::Failed(other.into()),
         })?;
         if let Some(from) = outcome.resumed_from {
-            let _ = ctx
-                .progress
-                .println(format!("[{}] resumed from checkpoint-{from}", ctx.name));
+            ctx.say(format!("[{}] resumed from checkpoint-{from}", ctx.name));
         }
         outputs::finish(
             ctx.out_dir,
@@ -457,7 +453,7 @@ impl TrainStage {
         )
         .map_err(|e| StageError::Failed(e.into()))?;
         if let Some(e) = &outcome.final_eval {
-            let _ = ctx.progress.println(format!(
+            ctx.say(format!(
                 "[{}] {} steps: eval_loss {:.4}{}",
                 ctx.name,
                 outcome.global_step,
