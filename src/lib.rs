@@ -11,6 +11,7 @@
 
 pub mod adapter;
 pub mod backend;
+pub mod bench;
 pub mod data;
 pub mod experiment;
 pub mod export;

@@ -161,3 +161,33 @@ fn sweep_emits_a_slurm_array_script() {
     assert_eq!(code, 2);
     assert_eq!(err.trim(), "error: exp.toml has no [sweep] table");
 }
+
+#[test]
+fn bench_prints_one_json_line_per_phase() {
+    let p = project(EXPERIMENT);
+    let args = [
+        "bench", "--preset", "tiny", "--device", "cpu", "--pixels", "12544", "--text", "40",
+        "--rank", "4", "--steps", "1", "--warmup", "0",
+    ];
+    let (code, out, err) = run_cli(p.path(), &args);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let modes: Vec<&str> = lines.iter().map(|l| l["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["train", "eval"], "{out}");
+    for l in &lines {
+        assert_eq!(l["workload"]["model"], "tiny");
+        assert_eq!(l["workload"]["lora_rank"], 4);
+        assert_eq!(l["steps"], 1);
+        assert!(l["samples_per_s"].as_f64().unwrap() > 0.0);
+    }
+    assert!(lines[0]["loss"].as_f64().unwrap().is_finite());
+
+    let (code, _, err) = run_cli(p.path(), &["bench", "--batch", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--batch must be at least 1"), "{err}");
+    let (code, _, _) = run_cli(p.path(), &["bench", "--mode", "fast"]);
+    assert_eq!(code, 2);
+}

@@ -53,30 +53,14 @@ pub fn base_config(source: &ModelSource) -> Result<Value, String> {
     }
 }
 
-/// Where a stage computes (until `backend` offers a shared resolver).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compute {
-    Cpu,
-    Cuda(usize),
-}
+/// Where export/score compute: the shared device resolution of `crate::backend`.
+pub use crate::backend::DeviceKind as Compute;
 
 /// `device` setting (`auto` | `cpu` | `cuda` | `cuda:N`), a scheduler pin winning.
 pub fn compute_device(setting: &str, pinned: Option<&str>) -> Result<Compute, String> {
-    let s = pinned.unwrap_or(setting);
-    match s {
-        "auto" => Ok(if Path::new("/proc/driver/nvidia/version").exists() {
-            Compute::Cuda(0)
-        } else {
-            Compute::Cpu
-        }),
-        "cpu" => Ok(Compute::Cpu),
-        "cuda" => Ok(Compute::Cuda(0)),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(Compute::Cuda)
-            .ok_or_else(|| format!("device {s:?} is not valid (valid: auto, cpu, cuda, cuda:N)")),
-    }
+    crate::backend::resolve_device(pinned.unwrap_or(setting))
+        .map(|(kind, _)| kind)
+        .map_err(|e| e.to_string())
 }
 
 /// The adapter directory of a train stage's output for `checkpoint`: `last` → the final
@@ -171,12 +155,13 @@ mod tests {
         assert_eq!(cfg["model_type"], "qwen2_5_vl");
         assert_eq!(model_dtype("bfloat16").unwrap().1, "bfloat16");
         assert!(model_dtype("float16").is_err());
-        assert_eq!(compute_device("auto", Some("cuda:1")), Ok(Compute::Cuda(1)));
+        // A scheduler pin wins over the experiment's setting.
+        assert_eq!(compute_device("auto", Some("cpu")), Ok(Compute::Cpu));
         assert_eq!(compute_device("cpu", None), Ok(Compute::Cpu));
+        let err = compute_device("tpu", None).unwrap_err();
         assert!(
-            compute_device("tpu", None)
-                .unwrap_err()
-                .contains("auto, cpu, cuda, cuda:N")
+            err.contains("\"tpu\"") && err.contains("\"cuda:N\""),
+            "{err}"
         );
     }
 }

@@ -6,59 +6,40 @@
 //! code use for their parallel loops), so N trainings do not each start one thread per
 //! core and thrash.
 
-use crate::backend::cuda_driver_present;
+use crate::backend::{CudaProbe, cuda_probe};
 
 /// The slots device-bound stages are dispatched to, one stage per slot at a time.
 ///
 /// The experiment's `devices` list when it has one; else from the model's `device`:
-/// `cpu` → `jobs` CPU slots; `auto` → every visible GPU (`gpus` of them), or `jobs` CPU
-/// slots when there is none; `cuda` / `cuda:N` → that one device.
+/// `cpu` → `jobs` CPU slots; `auto` → every visible GPU (`gpus()` of them, asked only
+/// then), or `jobs` CPU slots when there is none; `cuda` / `cuda:N` → that one device.
 pub fn device_slots(
     devices: &[String],
     model_device: &str,
     jobs: usize,
-    gpus: usize,
+    gpus: impl FnOnce() -> usize,
 ) -> Vec<String> {
     if !devices.is_empty() {
         return devices.to_vec();
     }
-    let cpu = || vec!["cpu".to_string(); jobs.max(1)];
+    let cpu = vec!["cpu".to_string(); jobs.max(1)];
     match model_device {
-        "auto" if gpus > 0 => (0..gpus).map(|i| format!("cuda:{i}")).collect(),
-        "auto" | "cpu" => cpu(),
-        "cuda" => vec!["cuda:0".into()],
+        "auto" => match gpus() {
+            0 => cpu,
+            n => (0..n).map(|i| format!("cuda:{i}")).collect(),
+        },
+        "cpu" => cpu,
+        "cuda" | "gpu" => vec!["cuda:0".into()],
         other => vec![other.to_string()],
     }
 }
 
-/// GPUs this process can use: those the driver lists, narrowed by `CUDA_VISIBLE_DEVICES`
-/// (whose parsing, like CUDA's, stops at the first entry that names no device).
+/// GPUs this process can use (the driver's count, which honours `CUDA_VISIBLE_DEVICES`).
 pub fn visible_gpus() -> usize {
-    if !cuda_driver_present() {
-        return 0;
+    match cuda_probe() {
+        CudaProbe::Available { devices, .. } => *devices,
+        CudaProbe::NoDriver(_) | CudaProbe::NoGpu(_) => 0,
     }
-    let installed = std::fs::read_dir("/proc/driver/nvidia/gpus")
-        .map(|d| d.count())
-        .unwrap_or(1);
-    count_visible(
-        installed,
-        std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
-    )
-}
-
-fn count_visible(installed: usize, visible: Option<&str>) -> usize {
-    let Some(list) = visible else {
-        return installed;
-    };
-    list.split(',')
-        .map(str::trim)
-        .take_while(|e| {
-            e.parse::<usize>().is_ok_and(|i| i < installed)
-                || e.starts_with("GPU-")
-                || e.starts_with("MIG-")
-        })
-        .count()
-        .min(installed)
 }
 
 /// Threads for a stage starting while `width` stages (itself included) are expected to
@@ -80,26 +61,16 @@ mod tests {
     #[test]
     fn slots_follow_the_devices_list_then_the_model_device() {
         let listed = s(&["cuda:1", "cuda:3"]);
-        assert_eq!(device_slots(&listed, "cpu", 4, 8), listed);
-        assert_eq!(device_slots(&[], "cpu", 3, 8), s(&["cpu", "cpu", "cpu"]));
-        assert_eq!(device_slots(&[], "auto", 2, 0), s(&["cpu", "cpu"]));
-        assert_eq!(device_slots(&[], "auto", 1, 2), s(&["cuda:0", "cuda:1"]));
-        assert_eq!(device_slots(&[], "cuda", 4, 2), s(&["cuda:0"]));
-        assert_eq!(device_slots(&[], "cuda:1", 4, 2), s(&["cuda:1"]));
-    }
-
-    #[test]
-    fn cuda_visible_devices_narrows_the_count() {
-        assert_eq!(count_visible(4, None), 4);
-        assert_eq!(count_visible(4, Some("")), 0);
-        assert_eq!(count_visible(4, Some("2,3")), 2);
+        let never = || -> usize { panic!("no GPU probe unless device = \"auto\"") };
+        assert_eq!(device_slots(&listed, "auto", 4, never), listed);
         assert_eq!(
-            count_visible(4, Some("1,-1,2")),
-            1,
-            "stops at an invalid entry"
+            device_slots(&[], "cpu", 3, never),
+            s(&["cpu", "cpu", "cpu"])
         );
-        assert_eq!(count_visible(2, Some("0,5")), 1, "no such device");
-        assert_eq!(count_visible(2, Some("GPU-8f2a,GPU-11c0")), 2);
+        assert_eq!(device_slots(&[], "auto", 2, || 0), s(&["cpu", "cpu"]));
+        assert_eq!(device_slots(&[], "auto", 1, || 2), s(&["cuda:0", "cuda:1"]));
+        assert_eq!(device_slots(&[], "cuda", 4, never), s(&["cuda:0"]));
+        assert_eq!(device_slots(&[], "cuda:1", 4, never), s(&["cuda:1"]));
     }
 
     #[test]

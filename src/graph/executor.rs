@@ -78,7 +78,7 @@ pub fn execute(
         .node_indices()
         .map(|i| plan.graph[i].stage.uses_device())
         .collect();
-    let slots = device_slots(&plan.devices, &plan.model_device, opts.jobs, visible_gpus());
+    let slots = device_slots(&plan.devices, &plan.model_device, opts.jobs, visible_gpus);
     let mut sched = Scheduler::new(&plan.graph, &plan.order, device_bound, &slots, opts.jobs);
     let total_threads = rayon::current_num_threads();
     let mut report = RunReport::default();

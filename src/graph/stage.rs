@@ -36,11 +36,7 @@ impl StageContext<'_> {
     /// Print a message line: above the bars on a terminal, else straight to stderr (a
     /// hidden `MultiProgress` drops `println`, and slurm logs should keep these lines).
     pub fn say(&self, msg: impl AsRef<str>) {
-        if self.progress.is_hidden() {
-            eprintln!("{}", msg.as_ref());
-        } else {
-            let _ = self.progress.println(msg);
-        }
+        crate::report::table::print_above(self.progress, msg.as_ref());
     }
 
     /// The single upstream of `kind`, if any (e.g. the dataset a train stage needs).

@@ -93,3 +93,13 @@ mod tests {
         );
     }
 }
+
+/// Print `text` above the progress bars (on stderr when the bars are hidden, e.g. when
+/// stderr is not a terminal: `MultiProgress::println` drops lines then).
+pub fn print_above(progress: &indicatif::MultiProgress, text: &str) {
+    if progress.is_hidden() {
+        eprintln!("{text}");
+    } else {
+        let _ = progress.println(text);
+    }
+}

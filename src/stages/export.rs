@@ -88,7 +88,9 @@ impl ExportStage {
             .ok_or_else(|| input(format!("export stage `{}` needs a train stage", ctx.name)))?;
         let adapter_dir = train_adapter_dir(&train.dir, &self.params.checkpoint).map_err(input)?;
         let adapter = read_peft_adapter(&adapter_dir).map_err(|e| input(e.to_string()))?;
-        let say = |m: String| ctx.say(m);
+        let say = |m: String| {
+            crate::report::table::print_above(ctx.progress, &m);
+        };
         let mut written: Vec<String> = Vec::new();
         if self.params.peft {
             self.write_peft(&ctx.out_dir.join("peft"), &adapter)?;

@@ -170,11 +170,14 @@ impl ScoreStage {
             Some(dir) => {
                 let adapter = read_peft_adapter(&dir).map_err(|e| input(e.to_string()))?;
                 if adapter.score.is_none() {
-                    ctx.say(format!(
-                        "[{}] warning: adapter {} saved no score head; using the base model's",
-                        ctx.name,
-                        dir.display()
-                    ));
+                    crate::report::table::print_above(
+                        ctx.progress,
+                        &format!(
+                            "[{}] warning: adapter {} saved no score head; using the base model's",
+                            ctx.name,
+                            dir.display()
+                        ),
+                    );
                 }
                 let model = apply_adapter(model, &adapter).map_err(|e| input(e.to_string()))?;
                 Ok((model, dir.display().to_string()))
@@ -183,12 +186,15 @@ impl ScoreStage {
                 if let ModelSource::Path(d) = &source
                     && !checkpoint_has_score(d)
                 {
-                    ctx.say(format!(
-                        "[{}] warning: {} has no score.weight and no adapter is given: the head is random (seed {})",
-                        ctx.name,
-                        d.display(),
-                        self.common.seed
-                    ));
+                    crate::report::table::print_above(
+                        ctx.progress,
+                        &format!(
+                            "[{}] warning: {} has no score.weight and no adapter is given: the head is random (seed {})",
+                            ctx.name,
+                            d.display(),
+                            self.common.seed
+                        ),
+                    );
                 }
                 Ok((model, "none (the model as loaded)".into()))
             }
@@ -312,7 +318,7 @@ impl ScoreStage {
             }
             None => report.push_str("no gold labels: scores only\n"),
         }
-        ctx.say(report.trim_end());
+        crate::report::table::print_above(ctx.progress, report.trim_end());
         Ok(())
     }
 }

@@ -7,7 +7,7 @@
 //! `train_curves.png`. Resumable: a rerun with the same key continues from the newest
 //! complete checkpoint in its output directory.
 
-use crate::backend::{ComputeDevice, CpuBackend, CudaBackend, resolve_device};
+use crate::backend::{CpuBackend, CudaBackend, DeviceKind, resolve_device};
 use crate::data::record::load_split;
 use crate::experiment::schema::{Common, TargetModules as RawTargets, TrainParams};
 use crate::graph::{Stage, StageContext, StageError};
@@ -31,6 +31,7 @@ const VERSION: u32 = 1;
 /// Test hook: make the loop stop with an error after this optimizer step (resume tests).
 pub const INTERRUPT_ENV: &str = "PIPELINE_TRAIN_INTERRUPT_AFTER_STEPS";
 
+#[derive(Debug)]
 pub struct TrainStage {
     params: TrainParams,
     common: Common,
@@ -83,7 +84,7 @@ impl TrainStage {
                 "eval_steps must be at least 1 (leave it out to evaluate only at the end)",
             ));
         }
-        if p.max_steps <= 0 && !(p.num_train_epochs > 0.0) {
+        if p.max_steps <= 0 && (p.num_train_epochs.is_nan() || p.num_train_epochs <= 0.0) {
             return Err(input(format!(
                 "num_train_epochs must be > 0 (got {})",
                 p.num_train_epochs
@@ -130,7 +131,6 @@ impl TrainStage {
         if common.task.num_labels == 0 {
             return Err(input("[task] num_labels must be at least 1"));
         }
-        resolve_device(&common.model.device, None).map_err(input)?;
         dtype_of(&common.model.torch_dtype)?;
         let targets = match &p.target_modules {
             RawTargets::One(s) if s == "all-linear" => TargetSelector::AllLinear {
@@ -139,8 +139,16 @@ impl TrainStage {
                 llm: !p.freeze_llm,
             },
             RawTargets::One(re) => {
-                regex::Regex::new(re)
-                    .map_err(|e| input(format!("target_modules regex {re:?}: {e}")))?;
+                regex::Regex::new(re).map_err(|e| {
+                    // The regex crate's message spans lines (pattern, caret, error):
+                    // keep the error line.
+                    let msg = e.to_string();
+                    let last = msg.lines().last().unwrap_or_default();
+                    input(format!(
+                        "target_modules regex {re:?}: {}",
+                        last.trim_start_matches("error: ")
+                    ))
+                })?;
                 TargetSelector::Regex(re.clone())
             }
             RawTargets::List(names) => TargetSelector::Names(names.clone()),
@@ -258,14 +266,13 @@ impl Stage for TrainStage {
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let device = resolve_device(&self.common.model.device, ctx.device).map_err(input)?;
+        let spec = ctx.device.unwrap_or(&self.common.model.device);
+        let (device, why) = resolve_device(spec).map_err(|e| input(e.to_string()))?;
         let dtype = dtype_of(&self.common.model.torch_dtype)?;
         let say = |m: String| ctx.say(m);
-        if self.common.model.device == "auto" && ctx.device.is_none() {
-            say(format!("[{}] device auto → {device}", ctx.name));
-        }
+        say(format!("[{}] {why}", ctx.name));
         match device {
-            ComputeDevice::Cpu => {
+            DeviceKind::Cpu => {
                 if dtype == DType::BF16 {
                     say(format!(
                         "[{}] torch_dtype bfloat16 → training in float32 on the CPU (bf16 matmuls are slow there)",
@@ -274,7 +281,7 @@ impl Stage for TrainStage {
                 }
                 self.run_on::<Autodiff<CpuBackend>>(ctx, Default::default(), DType::F32)
             }
-            ComputeDevice::Cuda(i) => self.run_on::<Autodiff<CudaBackend>>(
+            DeviceKind::Cuda(i) => self.run_on::<Autodiff<CudaBackend>>(
                 ctx,
                 burn::backend::cuda::CudaDevice::new(i),
                 dtype,

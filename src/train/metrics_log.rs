@@ -153,10 +153,7 @@ mod tests {
         assert_eq!(format_time(3.4), "3s");
         assert_eq!(format_time(2.5), "2s"); // Python's round() is half-to-even
         assert_eq!(format_time(125.0), "2m 5s");
-        assert_eq!(
-            format_time(3600.0 * 9 as f64 + 30.0 * 60.0 + 16.0),
-            "9h 30m 16s"
-        );
+        assert_eq!(format_time(3600.0 * 9.0 + 30.0 * 60.0 + 16.0), "9h 30m 16s");
         assert_eq!(format_time(86400.0 + 61.0), "1d 0h 1m 1s");
     }
 

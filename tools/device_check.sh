@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The GPU check, ONE call on the device machine (an H100/H200), from the repository root:
+#
+#   run(command="bash tools/device_check.sh", carry=[".device"], timeout_s=600)
+#
+# after `bash tools/device_prep.sh` here. Runs, each under its own time cap so the whole stays
+# under ~9.5 minutes:
+#   1. the CUDA parity tests (tests/cuda_parity.rs) of the tuned build (plain if absent)
+#   2. our bench, 7B workload, bf16, train + eval (examples/bench), same build
+#   3. tools/bench/torch_baseline.py --size 7b --device cuda, without and with --grad-ckpt
+#   4. if time is left: our bench with the other build, then its parity tests
+# Writes $OUT/results.jsonl (every JSON line, tagged with "source"), summary.txt (the ratio
+# table, also printed last), parity.log, bench.log, torch.log, gpu.txt.
+set -uo pipefail
+OUT=${OUT:-$PWD/device-out}
+mkdir -p "$OUT"
+W=$(mktemp -d)
+START=$SECONDS
+BUDGET=${BUDGET:-560}
+left() { echo $((BUDGET - (SECONDS - START))); }
+# cap SECONDS: the smaller of SECONDS and the time left (at least 1).
+cap() { local l; l=$(left); [ "$l" -lt "$1" ] && echo $((l > 1 ? l : 1)) || echo "$1"; }
+note() { echo "[$((SECONDS - START))s] $*" | tee -a "$OUT/summary.txt"; }
+
+for f in .device/*.gz; do
+    [ -e "$f" ] || { echo "no .device/*.gz: run tools/device_prep.sh and carry .device" >&2; exit 2; }
+    b="$W/$(basename "$f" .gz)"
+    gunzip -c "$f" > "$b" && chmod +x "$b"
+done
+note "commit $(cat .device/COMMIT 2>/dev/null || echo unknown)"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv > "$OUT/gpu.txt" 2>&1
+cat "$OUT/gpu.txt"
+
+parity() {
+    local v=$1 t=$2
+    [ -x "$W/cuda_parity-$v" ] || return 0
+    echo "== cuda_parity ($v)" >> "$OUT/parity.log"
+    PIPELINE_CUDA_TESTS=1 timeout "$(cap "$t")" "$W/cuda_parity-$v" --test-threads=1 --nocapture \
+        >> "$OUT/parity.log" 2>&1
+    note "parity $v: rc=$? ($(grep '^test result' "$OUT/parity.log" | tail -1))"
+}
+
+bench() {
+    local v=$1 t=$2
+    [ -x "$W/bench-$v" ] || return 0
+    echo "== bench ($v)" >> "$OUT/bench.log"
+    timeout "$(cap "$t")" "$W/bench-$v" --preset qwen2.5-vl-7b --device cuda --dtype bfloat16 \
+        --mode both --steps 5 --warmup 2 > "$W/ours_$v.jsonl" 2>> "$OUT/bench.log"
+    note "bench $v: rc=$? $(wc -l < "$W/ours_$v.jsonl") result line(s)"
+}
+
+torch_run() {
+    local label=$1 t=$2; shift 2
+    echo "== torch_baseline $*" >> "$OUT/torch.log"
+    PYTHONUNBUFFERED=1 timeout "$(cap "$t")" python3 tools/bench/torch_baseline.py --size 7b \
+        --device cuda "$@" > "$W/$label.json" 2>> "$OUT/torch.log"
+    note "torch $label: rc=$?"
+}
+
+# The tuned build first when it was built (tools/device_prep.sh skips it if it fails to build).
+first=tuned second=plain
+[ -x "$W/bench-tuned" ] || { first=plain; second=none; }
+parity "$first" 120
+bench "$first" 240
+torch_run torch 120
+torch_run torch_ckpt 120 --grad-ckpt
+[ "$(left)" -gt 150 ] && bench "$second" 200
+[ "$(left)" -gt 60 ] && parity "$second" 90
+
+note "done in $((SECONDS - START))s"
+python3 tools/bench/compare.py "$W" "$OUT" | tee -a "$OUT/summary.txt"
