@@ -98,7 +98,8 @@ pub fn resolve_device_with(
     let cpu_note = || {
         format!(
             "CPU (Flex backend, {} threads)",
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            // Flex runs on rayon: the current pool (a stage's share of the cores).
+            rayon::current_num_threads()
         )
     };
     let wanted = match s.as_str() {

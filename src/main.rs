@@ -9,12 +9,15 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::MultiProgress;
 
+use pipeline::bench::args::parse_dtype;
+use pipeline::bench::{BenchArgs, BenchError, BenchMode, BenchModel, run_bench};
 use pipeline::experiment::{self, ExperimentError, Loaded, Variant};
 use pipeline::graph::{
     ExecError, Plan, PlanError, RunOptions, execute, explain, progress::human_duration, slurm,
 };
+use pipeline::model::ModelError;
 use pipeline::stages;
-use pipeline::store::summary::{latest_metrics, sweep_summary};
+use pipeline::store::summary::{HEATMAP_FILE, latest_metrics, sweep_summary};
 use pipeline::store::{Store, gc};
 
 const DEFAULT_EXPERIMENT: &str = "experiments/cls11.toml";
@@ -83,6 +86,77 @@ enum Command {
         #[arg(long = "sbatch", value_name = "OPTION", allow_hyphen_values = true)]
         sbatch: Vec<String>,
     },
+    /// Time training steps and eval forward passes; one JSON line per phase on stdout.
+    /// Defaults: the seed's workload (qwen2.5-vl-7b shapes, random weights, one
+    /// 1003520-pixel image + 120 text tokens, batch 1, LoRA r 32 everywhere).
+    Bench(BenchFlags),
+}
+
+/// `pipeline bench` flags; defaults from `BenchArgs::default()`.
+#[derive(clap::Args)]
+struct BenchFlags {
+    /// Built-in model shapes with random weights (tiny, qwen2.5-vl-3b, qwen2.5-vl-7b).
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
+    /// A Hugging Face model directory instead of a preset.
+    #[arg(long, value_name = "DIR", conflicts_with = "preset")]
+    model: Option<PathBuf>,
+    /// auto | cpu | cuda | cuda:N.
+    #[arg(long, default_value_t = BenchArgs::default().device)]
+    device: String,
+    /// Default: bfloat16 on CUDA, float32 on the CPU.
+    #[arg(long, value_parser = ["float32", "bfloat16"])]
+    dtype: Option<String>,
+    /// Image pixels (smart-resized like the dataset stage).
+    #[arg(long, default_value_t = BenchArgs::default().pixels)]
+    pixels: usize,
+    /// Text tokens around the image.
+    #[arg(long, default_value_t = BenchArgs::default().text_tokens)]
+    text: usize,
+    #[arg(long, default_value_t = BenchArgs::default().batch)]
+    batch: usize,
+    /// LoRA rank on every LLM and ViT linear.
+    #[arg(long, default_value_t = BenchArgs::default().lora_rank)]
+    rank: usize,
+    /// Train the LLM's LoRA only (ViT frozen).
+    #[arg(long)]
+    freeze_vit: bool,
+    /// Timed steps per phase.
+    #[arg(long, default_value_t = BenchArgs::default().steps)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = BenchArgs::default().warmup)]
+    warmup: usize,
+    #[arg(long, value_parser = ["train", "eval", "both"], default_value = "both")]
+    mode: String,
+    #[arg(long, default_value_t = BenchArgs::default().seed)]
+    seed: u64,
+}
+
+impl BenchFlags {
+    fn into_args(self) -> Result<BenchArgs, BenchError> {
+        let model = match (self.preset, self.model) {
+            (_, Some(dir)) => BenchModel::Dir(dir),
+            (Some(name), None) => BenchModel::Preset(name),
+            (None, None) => BenchArgs::default().model,
+        };
+        let args = BenchArgs {
+            model,
+            device: self.device,
+            dtype: self.dtype.as_deref().map(parse_dtype).transpose()?,
+            pixels: self.pixels,
+            text_tokens: self.text,
+            batch: self.batch,
+            lora_rank: self.rank,
+            freeze_vit: self.freeze_vit,
+            steps: self.steps,
+            warmup: self.warmup,
+            mode: BenchMode::parse(&self.mode)?,
+            seed: self.seed,
+        };
+        args.validate()?;
+        Ok(args)
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -122,6 +196,13 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         x.exit_code()
     } else if let Some(x) = e.downcast_ref::<ExecError>() {
         x.exit_code()
+    } else if let Some(x) = e.downcast_ref::<BenchError>() {
+        match x {
+            BenchError::Args(_)
+            | BenchError::Device(_)
+            | BenchError::Model(ModelError::UnknownPreset(_)) => 2,
+            BenchError::Model(_) | BenchError::Execution(_) => 1,
+        }
     } else if e.is::<ExperimentError>() || e.is::<UsageError>() {
         2
     } else {
@@ -178,9 +259,13 @@ fn run(cli: Cli) -> Result<()> {
             let result = execute(&plan, &store, &opts, &multi);
             if loaded.is_sweep() {
                 let summary = sweep_summary(&store, &loaded);
-                let (_, md) = summary.write(&store)?;
+                let files = summary.write(&store)?;
                 println!("{}", summary.to_markdown());
-                eprintln!("summary: {}", md.display());
+                eprintln!("summary: {}, {}", files.md.display(), files.csv.display());
+                match files.heatmap {
+                    Ok(png) => eprintln!("heatmap: {}", png.display()),
+                    Err(why) => eprintln!("heatmap: none ({why})"),
+                }
             }
             let report = result?;
             eprintln!(
@@ -227,17 +312,25 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Show { file } => {
             let loaded = experiment::load(&file)?;
-            let md = store.experiment_dir(loaded.name()).join("sweep.md");
-            if md.is_file() {
-                print!(
-                    "{}",
-                    std::fs::read_to_string(&md)
-                        .with_context(|| format!("cannot read {}", md.display()))?
-                );
-            } else if loaded.is_sweep() {
+            if loaded.is_sweep() {
+                // From the links, not sweep.md: slurm tasks finishing together may have
+                // left an older table there.
                 print!("{}", sweep_summary(&store, &loaded).to_markdown());
+                let png = store.experiment_dir(loaded.name()).join(HEATMAP_FILE);
+                if png.is_file() {
+                    println!("\nheatmap: {}", png.display());
+                }
             } else {
                 print!("{}", latest_metrics(&store, &loaded));
+            }
+            Ok(())
+        }
+        Command::Bench(flags) => {
+            let args = flags.into_args()?;
+            let report = run_bench(&args)?;
+            eprintln!("{}", report.device_note);
+            for line in report.json_lines() {
+                println!("{line}");
             }
             Ok(())
         }

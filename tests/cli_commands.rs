@@ -91,9 +91,25 @@ fn show_prints_latest_metrics_or_the_sweep_summary() {
         "{out}"
     );
 
-    std::fs::write(runs.join("demo/sweep.md"), "| variant | r |\n").unwrap();
-    let (_, out, _) = run_cli(p.path(), &["show", "exp.toml"]);
-    assert_eq!(out, "| variant | r |\n");
+    // A sweep: the table is rebuilt from the links (a stale sweep.md is not trusted).
+    let sweep = format!("{EXPERIMENT}\n[sweep]\n\"stages.train.lora_rank\" = [8, 16]\n");
+    std::fs::write(p.path().join("exp.toml"), sweep).unwrap();
+    std::fs::write(runs.join("demo/sweep.md"), "| stale |\n").unwrap();
+    link(
+        &runs,
+        "demo/r16/score",
+        "../../cache/score-5555555555555555",
+    );
+    let (code, out, err) = run_cli(p.path(), &["show", "exp.toml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("stale"), "{out}");
+    let row = |v: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("| {v} |")))
+            .unwrap()
+    };
+    assert!(row("r16").contains("| 16 | 0.8750 |"), "{out}");
+    assert!(row("r8").contains("| 8 | – |"), "{out}");
 }
 
 #[test]
@@ -144,4 +160,34 @@ fn sweep_emits_a_slurm_array_script() {
     let (code, _, err) = run_cli(plain.path(), &["sweep", "exp.toml", "--emit", "slurm"]);
     assert_eq!(code, 2);
     assert_eq!(err.trim(), "error: exp.toml has no [sweep] table");
+}
+
+#[test]
+fn bench_prints_one_json_line_per_phase() {
+    let p = project(EXPERIMENT);
+    let args = [
+        "bench", "--preset", "tiny", "--device", "cpu", "--pixels", "12544", "--text", "40",
+        "--rank", "4", "--steps", "1", "--warmup", "0",
+    ];
+    let (code, out, err) = run_cli(p.path(), &args);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let modes: Vec<&str> = lines.iter().map(|l| l["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["train", "eval"], "{out}");
+    for l in &lines {
+        assert_eq!(l["workload"]["model"], "tiny");
+        assert_eq!(l["workload"]["lora_rank"], 4);
+        assert_eq!(l["steps"], 1);
+        assert!(l["samples_per_s"].as_f64().unwrap() > 0.0);
+    }
+    assert!(lines[0]["loss"].as_f64().unwrap().is_finite());
+
+    let (code, _, err) = run_cli(p.path(), &["bench", "--batch", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--batch must be at least 1"), "{err}");
+    let (code, _, _) = run_cli(p.path(), &["bench", "--mode", "fast"]);
+    assert_eq!(code, 2);
 }

@@ -131,7 +131,31 @@ fn a_sweep_writes_a_summary_sorted_by_the_best_metric() {
         "{:?}",
         s.columns
     );
-    let (csv, md) = s.write(&store).unwrap();
+    // The heatmap grid: rank down, learning rate across, both ascending.
+    let map = s.heatmap().unwrap();
+    assert_eq!(
+        (map.y_ticks.clone(), map.x_ticks.clone()),
+        (
+            vec!["8".to_string(), "16".to_string()],
+            vec!["5e-5".to_string(), "1e-4".to_string()]
+        )
+    );
+    for (row, r) in map.values.iter().zip([8.0, 16.0]) {
+        for (cell, lr) in row.iter().zip([5e-5, 1e-4]) {
+            let want = 1.0 / (1.0 + r) + 1000.0 * lr;
+            assert!(
+                (cell.unwrap() - want).abs() < 1e-12,
+                "r{r} lr{lr}: {cell:?}"
+            );
+        }
+    }
+    assert!(map.lower_is_better && map.title.contains("train.eval_loss"));
+    assert_eq!(map.x_label, "lr (stages.train.learning_rate)");
+    let files = s.write(&store).unwrap();
+    let png = files.heatmap.unwrap();
+    assert_eq!(png, p.path().join("runs/demo/sweep_heatmap.png"));
+    assert!(image::open(&png).is_ok());
+    let (csv, md) = (files.csv, files.md);
     let csv = std::fs::read_to_string(csv).unwrap();
     assert!(
         csv.starts_with(

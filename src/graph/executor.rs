@@ -1,7 +1,8 @@
 //! Execution: topological order, a cache check first (DVC's "try the cache"), then the
 //! stage under its key's lock in a stable partial dir, published atomically with the
 //! manifest written last. Independent stages run on up to `jobs` threads; device-bound
-//! stages hold one device each.
+//! stages hold one device slot each (`devices`), and stages running side by side split
+//! the CPU cores.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use indicatif::MultiProgress;
 use petgraph::graph::NodeIndex;
 
+use super::devices::{device_slots, thread_share, visible_gpus};
 use super::error::ExecError;
 use super::plan::{Plan, PlanNode};
 use super::progress::{Progress, human_duration};
@@ -76,13 +78,9 @@ pub fn execute(
         .node_indices()
         .map(|i| plan.graph[i].stage.uses_device())
         .collect();
-    let mut sched = Scheduler::new(
-        &plan.graph,
-        &plan.order,
-        device_bound,
-        &plan.devices,
-        opts.jobs,
-    );
+    let slots = device_slots(&plan.devices, &plan.model_device, opts.jobs, visible_gpus);
+    let mut sched = Scheduler::new(&plan.graph, &plan.order, device_bound, &slots, opts.jobs);
+    let total_threads = rayon::current_num_threads();
     let mut report = RunReport::default();
     let mut failures: Vec<(String, StageError)> = Vec::new();
     let mut checked: BTreeSet<NodeIndex> = BTreeSet::new();
@@ -119,11 +117,14 @@ pub fn execute(
                 sched.start(idx, slot);
                 progressed = true;
                 let device = slot.and_then(|s| sched.slot_device(s));
+                // Stages that will run beside this one (those ready but waiting too).
+                let width = (sched.running() + sched.ready().len()).min(opts.jobs);
+                let threads = thread_share(total_threads, width);
                 let (tx, progress, force) = (tx.clone(), &progress, forced.contains(&idx));
                 std::thread::Builder::new()
                     .name(STAGE_THREAD.into())
                     .spawn_scoped(scope, move || {
-                        let r = run_node(plan, store, idx, force, device, progress);
+                        let r = run_node(plan, store, idx, force, device, threads, progress);
                         let _ = tx.send((idx, slot, r));
                     })
                     .expect("spawn a stage thread");
@@ -238,6 +239,7 @@ fn run_node(
     idx: NodeIndex,
     forced: bool,
     device: Option<String>,
+    threads: Option<usize>,
     progress: &Progress,
 ) -> Result<Outcome, StageError> {
     let node = &plan.graph[idx];
@@ -278,22 +280,46 @@ fn run_node(
         })
         .collect();
     let first = &node.uses[0];
+    // Messages name the variant too (as in runs/<name>/<variant>/<stage>), unless the
+    // node is shared between variants.
+    let name = match &first.variant {
+        Some(v) if node.uses.iter().all(|u| u.variant == first.variant) => {
+            format!("{v}/{}", first.stage)
+        }
+        _ => first.stage.clone(),
+    };
     let ctx = StageContext {
-        name: &first.stage,
+        name: &name,
         key: &node.key,
         out_dir: &partial,
         inputs: &inputs,
         device: device.as_deref(),
         progress: progress.multi,
     };
-    let on = device
+    // A pool of its own when the cores are shared; its threads carry the stage thread
+    // name so a panic in them is reported as the stage's failure, like one on this thread.
+    let pool = threads.and_then(|n| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|_| STAGE_THREAD.into())
+            .build()
+            .ok()
+    });
+    let mut on = device
         .as_deref()
         .map(|d| format!(" on {d}"))
         .unwrap_or_default();
+    if let Some(p) = &pool {
+        let n = p.current_num_threads();
+        on.push_str(&format!(" ({n} thread{})", if n == 1 { "" } else { "s" }));
+    }
     progress.line(&format!("▶ {label} running{on}"));
     let spinner = progress.spinner(format!("{label}{on}"));
     let (started, t0) = (SystemTime::now(), Instant::now());
-    let result = catch_unwind(AssertUnwindSafe(|| node.stage.run(&ctx)));
+    let result = catch_unwind(AssertUnwindSafe(|| match &pool {
+        Some(p) => p.install(|| node.stage.run(&ctx)),
+        None => node.stage.run(&ctx),
+    }));
     spinner.finish_and_clear();
     match result {
         Err(payload) => {

@@ -11,6 +11,7 @@
 //! let report = execute(&plan, &store, &RunOptions::default(), &MultiProgress::new())?; // `run`
 //! ```
 
+pub mod devices;
 pub mod error;
 pub mod executor;
 pub mod explain;

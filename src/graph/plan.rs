@@ -86,8 +86,11 @@ pub struct Plan {
     pub graph: DiGraph<PlanNode, String>,
     /// Topological order of `graph` (variants in listed order).
     pub order: Vec<NodeIndex>,
-    /// Devices to pin device-bound stages to (empty: one slot, the model's device).
+    /// Devices to pin device-bound stages to (empty: decided by `model_device`, see
+    /// `devices::device_slots`).
     pub devices: Vec<String>,
+    /// The model's `device` setting (`auto`, `cpu`, `cuda:N`).
+    pub model_device: String,
     /// The planned variants, in order (`None` alone without a sweep).
     pub variants: Vec<Option<String>>,
     /// Uses in variant order, then stage order, for listing.
@@ -206,6 +209,10 @@ impl Plan {
             graph,
             order,
             devices: devices.to_vec(),
+            model_device: variants.first().map_or_else(
+                || "auto".into(),
+                |v| v.experiment.common.model.device.clone(),
+            ),
             variants: variants.iter().map(|v| v.name.clone()).collect(),
             listing,
         })

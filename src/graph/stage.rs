@@ -17,7 +17,7 @@ pub struct Upstream {
 
 /// Everything a running stage may use besides its own params.
 pub struct StageContext<'a> {
-    /// Stage name in the experiment (`train`, or `train` of variant `r8-lr1e-4`).
+    /// Stage name for messages: `train`, or `r8-lr1e-4/train` in one sweep variant.
     pub name: &'a str,
     /// This stage's content key.
     pub key: &'a str,
@@ -33,6 +33,12 @@ pub struct StageContext<'a> {
 }
 
 impl StageContext<'_> {
+    /// Print a message line: above the bars on a terminal, else straight to stderr (a
+    /// hidden `MultiProgress` drops `println`, and slurm logs should keep these lines).
+    pub fn say(&self, msg: impl AsRef<str>) {
+        crate::report::table::print_above(self.progress, msg.as_ref());
+    }
+
     /// The single upstream of `kind`, if any (e.g. the dataset a train stage needs).
     pub fn upstream_of_kind(&self, kind: &str) -> Option<&Upstream> {
         self.inputs.values().find(|u| u.kind == kind)

@@ -65,7 +65,10 @@ impl Stage for TestStage {
             .append(true)
             .open(&self.log)
             .unwrap();
-        writeln!(log, "{} {}", ctx.name, ctx.device.unwrap_or("-")).unwrap();
+        // The stage name without the variant (`r8-lr1e-4/train` → `train`).
+        let stage = ctx.name.rsplit('/').next().unwrap_or(ctx.name);
+        let threads = rayon::current_num_threads();
+        writeln!(log, "{stage} {} {threads}", ctx.device.unwrap_or("-")).unwrap();
         let mut out = format!("{}\n", self.params);
         for (need, up) in ctx.inputs {
             let text = std::fs::read_to_string(up.dir.join("out.txt"))
@@ -98,7 +101,7 @@ impl Stage for TestStage {
         self.spans
             .lock()
             .unwrap()
-            .push((ctx.name.to_string(), start, Instant::now()));
+            .push((stage.to_string(), start, Instant::now()));
         result
     }
 }
@@ -134,6 +137,17 @@ impl Kit {
             .lines()
             .filter(|l| l.split(' ').next() == Some(stage))
             .count()
+    }
+
+    /// (stage, rayon threads it could use), in start order.
+    pub fn threads(&self) -> Vec<(String, usize)> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (f[0].to_string(), f[2].parse().unwrap())
+            })
+            .collect()
     }
 
     pub fn devices(&self) -> Vec<String> {

@@ -493,6 +493,48 @@ fn jobs_run_independent_stages_concurrently_one_per_device() {
 }
 
 #[test]
+fn on_the_cpu_jobs_are_device_slots_that_split_the_cores() {
+    let text = format!(
+        "{}{SWEEP}",
+        BASE.replacen(
+            "preset = \"tiny\"",
+            "preset = \"tiny\"\ndevice = \"cpu\"",
+            1
+        )
+    );
+    let env = Env::new();
+    let kit = Kit::new(env.path()).with("train", Behavior::Sleep(Duration::from_millis(300)));
+    env.run(&text, &kit, &RunOptions { jobs: 2, ..opts() })
+        .unwrap();
+    let spans = kit.spans.lock().unwrap().clone();
+    let trains: Vec<_> = spans.iter().filter(|(n, _, _)| n == "train").collect();
+    assert!(
+        trains
+            .iter()
+            .any(|a| trains.iter().any(|b| a.1 < b.1 && b.1 < a.2)),
+        "two trainings ran side by side on the CPU"
+    );
+    for (_, s, _) in &spans {
+        let live = spans.iter().filter(|(_, a, b)| a <= s && s < b).count();
+        assert!(live <= 2, "--jobs 2");
+    }
+    let devices = kit.devices();
+    let bound = devices.iter().filter(|d| *d == "cpu").count();
+    assert_eq!(
+        bound, 12,
+        "train, export, score × 4 pinned to a CPU slot: {devices:?}"
+    );
+    // The shared dataset stage runs alone with every core; trainings started side by
+    // side get half each.
+    let total = rayon::current_num_threads();
+    let half = devices::thread_share(total, 2).unwrap_or(total);
+    let threads = kit.threads();
+    assert_eq!(threads[0], ("data".to_string(), total));
+    assert_eq!(threads[1], ("train".to_string(), half), "{threads:?}");
+    assert_eq!(threads[2], ("train".to_string(), half), "{threads:?}");
+}
+
+#[test]
 fn planning_reads_input_files_through_the_stat_cache() {
     let env = Env::new();
     let kit = Kit::new(env.path());

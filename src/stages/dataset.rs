@@ -162,9 +162,7 @@ impl Stage for DatasetStage {
         let stats = build_dataset(&resolved, &self.opts, &tokenizer, ctx.out_dir, &bar);
         bar.finish_and_clear();
         let stats = stats.map_err(input_error)?;
-        let _ = ctx
-            .progress
-            .println(format!("dataset `{}`\n{}", ctx.name, stats.table()));
+        ctx.say(format!("dataset `{}`\n{}", ctx.name, stats.table()));
         Ok(())
     }
 }

@@ -270,9 +270,7 @@ impl Stage for TrainStage {
         let spec = ctx.device.unwrap_or(&self.common.model.device);
         let (device, why) = resolve_device(spec).map_err(|e| input(e.to_string()))?;
         let dtype = dtype_of(&self.common.model.torch_dtype)?;
-        let say = |m: String| {
-            let _ = ctx.progress.println(m);
-        };
+        let say = |m: String| ctx.say(m);
         say(format!("[{}] {why}", ctx.name));
         match device {
             DeviceKind::Cpu => {
@@ -398,7 +396,7 @@ impl TrainStage {
             .collect();
         let counts = count_params::<B, _>(&model);
         let info = format!("SeqClassifier: {}", counts.describe());
-        let _ = ctx.progress.println(format!("[{}] {info}", ctx.name));
+        ctx.say(format!("[{}] {info}", ctx.name));
 
         // Splits with targets; pixel rows cached once when they fit the budget.
         let cfg = model.config().clone();
@@ -456,9 +454,7 @@ impl TrainStage {
             other => StageError::Failed(other.into()),
         })?;
         if let Some(from) = outcome.resumed_from {
-            let _ = ctx
-                .progress
-                .println(format!("[{}] resumed from checkpoint-{from}", ctx.name));
+            ctx.say(format!("[{}] resumed from checkpoint-{from}", ctx.name));
         }
         outputs::finish(
             ctx.out_dir,
@@ -468,7 +464,7 @@ impl TrainStage {
         )
         .map_err(|e| StageError::Failed(e.into()))?;
         if let Some(e) = &outcome.final_eval {
-            let _ = ctx.progress.println(format!(
+            ctx.say(format!(
                 "[{}] {} steps: eval_loss {:.4}{}",
                 ctx.name,
                 outcome.global_step,

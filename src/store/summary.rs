@@ -12,12 +12,22 @@ use serde_json::Value as Json;
 
 use super::{Result, Store, io};
 use crate::experiment::{Loaded, StageParams, SweptValue, format_value};
+use crate::report::heatmap::{Heatmap, render_heatmap};
 
 /// Throughput fields of an eval line: not worth a column.
 const NOISE: [&str; 3] = [
     "eval_runtime",
     "eval_samples_per_second",
     "eval_steps_per_second",
+];
+/// Counts rather than results (the same for every variant of a sweep): kept out of the
+/// summary table.
+const COUNTS: [&str; 5] = [
+    "global_step",
+    "max_steps",
+    "eval_samples",
+    "num_samples",
+    "num_labelled",
 ];
 
 /// Numbers a finished stage reported, by metric name.
@@ -74,8 +84,7 @@ pub struct SummaryRow {
     pub metrics: BTreeMap<String, f64>,
 }
 
-/// A sweep's table: one row per variant, best first. (`report::` can plot it, e.g. a
-/// rank × learning-rate heatmap, from these rows.)
+/// A sweep's table: one row per variant, best first (and, from it, a heatmap).
 #[derive(Debug, Clone)]
 pub struct Summary {
     pub experiment: String,
@@ -132,7 +141,8 @@ pub fn sweep_summary(store: &Store, loaded: &Loaded) -> Summary {
     let mut columns: Vec<String> = Vec::new();
     for r in &rows {
         for k in r.metrics.keys() {
-            if !columns.contains(k) {
+            let metric = k.split_once('.').map_or(k.as_str(), |(_, m)| m);
+            if !COUNTS.contains(&metric) && !columns.contains(k) {
                 columns.push(k.clone());
             }
         }
@@ -216,22 +226,132 @@ impl Summary {
         out
     }
 
-    /// Write `runs/<name>/sweep.csv` and `sweep.md` (each via a temp file and a rename:
-    /// slurm array tasks may finish at the same time).
-    pub fn write(&self, store: &Store) -> Result<(PathBuf, PathBuf)> {
+    /// The metric as a grid over the swept values: columns are the last swept key, rows
+    /// the first (one row when a single key is swept); numeric values ascend. `Err` says
+    /// why there is no heatmap (more than two swept keys, no metric to colour by).
+    pub fn heatmap(&self) -> std::result::Result<Heatmap, String> {
+        let Some((metric, lower)) = &self.sort_by else {
+            return Err("no train stage, so no metric_for_best_model to colour by".into());
+        };
+        let keys = self.params();
+        if keys.is_empty() || keys.len() > 2 {
+            return Err(format!(
+                "{} swept keys; the heatmap shows one or two",
+                keys.len()
+            ));
+        }
+        let mut by_index: Vec<&SummaryRow> = self.rows.iter().collect();
+        by_index.sort_by_key(|r| r.index);
+        let axis = |k: usize| -> Vec<&Json> {
+            let mut seen: Vec<&Json> = Vec::new();
+            for r in &by_index {
+                if let Some(v) = r.values.get(k)
+                    && !seen.contains(&&v.value)
+                {
+                    seen.push(&v.value);
+                }
+            }
+            if seen.iter().all(|v| v.is_number()) {
+                seen.sort_by(|a, b| {
+                    a.as_f64()
+                        .unwrap_or(0.0)
+                        .total_cmp(&b.as_f64().unwrap_or(0.0))
+                });
+            }
+            seen
+        };
+        let (xk, yk) = (keys.len() - 1, (keys.len() == 2).then_some(0));
+        let xs = axis(xk);
+        let ys = yk.map(axis).unwrap_or_default();
+        const MAX_TICKS: usize = 16;
+        if xs.len() > MAX_TICKS || ys.len() > MAX_TICKS {
+            return Err(format!(
+                "{} × {} distinct values; the heatmap shows at most {MAX_TICKS} per axis",
+                ys.len().max(1),
+                xs.len()
+            ));
+        }
+        let mut values = vec![vec![None; xs.len()]; ys.len().max(1)];
+        for r in &by_index {
+            let Some(&m) = r.metrics.get(metric) else {
+                continue;
+            };
+            let col = xs.iter().position(|v| **v == r.values[xk].value);
+            let row = match yk {
+                Some(k) => ys.iter().position(|v| **v == r.values[k].value),
+                None => Some(0),
+            };
+            if let (Some(row), Some(col)) = (row, col) {
+                // Random search may draw one combination twice: show the better run.
+                let cell: &mut Option<f64> = &mut values[row][col];
+                let better = |old: f64| if *lower { m < old } else { m > old };
+                if cell.is_none_or(better) {
+                    *cell = Some(m);
+                }
+            }
+        }
+        let axis_label = |k: usize| format!("{} ({})", keys[k].0, keys[k].1);
+        let ticks = |vs: &[&Json]| vs.iter().map(|v| format_value(v)).collect::<Vec<_>>();
+        Ok(Heatmap {
+            title: format!(
+                "{}: {metric} ({} is better)",
+                self.experiment,
+                if *lower { "lower" } else { "higher" }
+            ),
+            x_label: axis_label(xk),
+            y_label: yk.map(axis_label).unwrap_or_default(),
+            x_ticks: ticks(&xs),
+            y_ticks: if yk.is_some() {
+                ticks(&ys)
+            } else {
+                vec![String::new()]
+            },
+            values,
+            lower_is_better: *lower,
+        })
+    }
+
+    /// Write `runs/<name>/sweep.csv`, `sweep.md` (each via a temp file and a rename:
+    /// slurm array tasks may finish at the same time) and `sweep_heatmap.png` when the
+    /// sweep has one or two keys. A heatmap that cannot be drawn is a note, not an error.
+    pub fn write(&self, store: &Store) -> Result<SummaryFiles> {
         let dir = store.experiment_dir(&self.experiment);
         io(std::fs::create_dir_all(&dir), "create", &dir)?;
         let csv = dir.join("sweep.csv");
         let md = dir.join("sweep.md");
+        let tmp_of = |name: &str| dir.join(format!(".{name}.{}.tmp", std::process::id()));
         for (path, text) in [(&csv, self.to_csv()), (&md, self.to_markdown())] {
-            let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            let tmp = tmp_of(&name);
             io(std::fs::write(&tmp, text), "write", &tmp)?;
             io(std::fs::rename(&tmp, path), "rename", &tmp)?;
         }
-        // Hook: a rank × learning-rate heatmap (`sweep.png`) belongs in `report::`, fed
-        // with `self.rows`; call it here once that module lands.
-        Ok((csv, md))
+        let png = dir.join(HEATMAP_FILE);
+        let heatmap = self.heatmap().and_then(|map| {
+            // plotters picks the image format from the extension.
+            let tmp = tmp_of("sweep_heatmap").with_extension("tmp.png");
+            render_heatmap(&tmp, &map)
+                .map_err(|e| e.to_string())
+                .and_then(|_| std::fs::rename(&tmp, &png).map_err(|e| e.to_string()))
+                .map(|()| png.clone())
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_file(&tmp);
+                })
+        });
+        Ok(SummaryFiles { csv, md, heatmap })
     }
+}
+
+/// The heatmap's file name in `runs/<name>/`.
+pub const HEATMAP_FILE: &str = "sweep_heatmap.png";
+
+/// What `Summary::write` wrote.
+#[derive(Debug)]
+pub struct SummaryFiles {
+    pub csv: PathBuf,
+    pub md: PathBuf,
+    /// The heatmap, or why there is none.
+    pub heatmap: std::result::Result<PathBuf, String>,
 }
 
 fn csv_line(cells: &[String]) -> String {

@@ -94,6 +94,9 @@ fn spec_digest(
     blake3::hash(v.to_string().as_bytes()).to_hex().to_string()
 }
 
+/// Held while a training seeds the backend RNG and draws from it (see its use).
+static RNG_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Backend seed for micro-batch `micro` of optimizer step `step` (0-based).
 fn micro_seed(seed: u64, step: usize, micro: usize) -> u64 {
     let h = blake3::hash(format!("{seed}/{step}/{micro}").as_bytes());
@@ -194,12 +197,18 @@ where
             let mut grads: PathTensors<B::InnerBackend> = PathTensors::new();
             let mut step_loss = 0f64;
             for (k, mb) in group.enumerate() {
-                B::seed(device, micro_seed(spec.seed, st.global_step, k));
                 let idx: Vec<usize> = order[plan.micro[mb].clone()].to_vec();
                 let samples = train.samples(&idx).map_err(TrainError::Data)?;
                 let refs: Vec<&S> = samples.iter().map(|s| s.as_ref()).collect();
                 let targets: Vec<&Target> = idx.iter().map(|&i| train.target(i)).collect();
-                let logits = model.logits(&refs, device).map_err(TrainError::Model)?;
+                let logits = {
+                    // Burn's RNG (LoRA dropout) is one per process: trainings running
+                    // side by side (a sweep with --jobs) take turns from seeding to the
+                    // end of the forward pass, so each draws exactly its own masks.
+                    let _rng = RNG_TURN.lock().unwrap_or_else(|e| e.into_inner());
+                    B::seed(device, micro_seed(spec.seed, st.global_step, k));
+                    model.logits(&refs, device).map_err(TrainError::Model)?
+                };
                 let labels = logits.dims()[1];
                 let host = logits
                     .clone()
