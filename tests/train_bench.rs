@@ -88,6 +88,7 @@ fn train_step_throughput_tiny() {
         best_metric: BestMetric::Loss,
         data_seed: 0,
         seed: 0,
+        shards: 1,
     };
     let dir = tempfile::tempdir().unwrap();
     let opts = RunOptions {

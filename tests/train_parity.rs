@@ -217,6 +217,7 @@ fn three_adamw_steps_with_accumulation_match_transformers() {
         best_metric: BestMetric::Loss,
         data_seed: 42,
         seed: 42,
+        shards: 1,
     };
     let dir = tempfile::tempdir().unwrap();
     let (cfg, _) = read_peft_state(&fixtures().join("initial_adapter")).unwrap();

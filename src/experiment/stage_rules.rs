@@ -159,17 +159,11 @@ fn train(
             return Err(c.err(&at("target_modules"), "target_modules is empty"));
         }
         TargetModules::One(s) if s != "all-linear" => {
-            if let Err(e) = regex::Regex::new(s) {
-                let first = e
-                    .to_string()
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
+            // fancy-regex, as the adapter code: ms-swift's regexes use look-aheads.
+            if let Err(e) = fancy_regex::Regex::new(s) {
                 return Err(c.err(
                     &at("target_modules"),
-                    format!("not `all-linear` and not a valid regex: {first}"),
+                    format!("not `all-linear` and not a valid regex: {e}"),
                 ));
             }
         }

@@ -53,16 +53,6 @@ pub fn base_config(source: &ModelSource) -> Result<Value, String> {
     }
 }
 
-/// Where export/score compute: the shared device resolution of `crate::backend`.
-pub use crate::backend::DeviceKind as Compute;
-
-/// `device` setting (`auto` | `cpu` | `cuda` | `cuda:N`), a scheduler pin winning.
-pub fn compute_device(setting: &str, pinned: Option<&str>) -> Result<Compute, String> {
-    crate::backend::resolve_device(pinned.unwrap_or(setting))
-        .map(|(kind, _)| kind)
-        .map_err(|e| e.to_string())
-}
-
 /// The adapter directory of a train stage's output for `checkpoint`: `last` → the final
 /// `adapter/`, `best` → the checkpoint the `best` file names.
 pub fn train_adapter_dir(train_dir: &Path, checkpoint: &str) -> Result<PathBuf, String> {
@@ -155,13 +145,5 @@ mod tests {
         assert_eq!(cfg["model_type"], "qwen2_5_vl");
         assert_eq!(model_dtype("bfloat16").unwrap().1, "bfloat16");
         assert!(model_dtype("float16").is_err());
-        // A scheduler pin wins over the experiment's setting.
-        assert_eq!(compute_device("auto", Some("cpu")), Ok(Compute::Cpu));
-        assert_eq!(compute_device("cpu", None), Ok(Compute::Cpu));
-        let err = compute_device("tpu", None).unwrap_err();
-        assert!(
-            err.contains("\"tpu\"") && err.contains("\"cuda:N\""),
-            "{err}"
-        );
     }
 }

@@ -10,7 +10,6 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{DType, Distribution, Int, Tensor, TensorData, backend::Backend};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use regex::Regex;
 
 use super::ModelError;
 use super::weights::{Init, ParamSource};
@@ -134,13 +133,31 @@ impl<B: Backend> LoraLinear<B> {
     }
 }
 
+thread_local! {
+    /// This thread's dropout stream while [`with_dropout_stream`] runs.
+    static DROPOUT_STREAM: std::cell::RefCell<Option<ChaCha8Rng>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` with this thread's LoRA dropout masks drawn from a stream seeded by `seed`
+/// instead of the backend RNG (which is one per process), so forward passes running
+/// concurrently each draw their own reproducible masks. Nests: rayon may run another
+/// shard on this thread while `f` waits, and that shard restores this stream when done.
+pub fn with_dropout_stream<R>(seed: u64, f: impl FnOnce() -> R) -> R {
+    let prev = DROPOUT_STREAM.with(|s| s.replace(Some(ChaCha8Rng::seed_from_u64(seed))));
+    let out = f();
+    DROPOUT_STREAM.with(|s| *s.borrow_mut() = prev);
+    out
+}
+
 /// Inverted dropout (`torch.nn.Dropout` in training): zero each element with probability `p`,
 /// scale the rest by `1/(1-p)`; the identity without autodiff (eval) or when `p` is 0.
 ///
 /// One multiply by a pre-scaled mask (Burn's `Dropout` multiplies twice). On the CPU backend
-/// the mask is drawn on the host with ChaCha8 (u32 per element), seeded from the backend RNG so
-/// `B::seed` still makes runs reproducible: Flex's per-element `Bernoulli` sampling through
-/// StdRng was ~13% of a LoRA train step of the tiny preset. Other backends draw on the device.
+/// the mask is drawn on the host with ChaCha8 (u32 per element), seeded from this thread's
+/// dropout stream when one is set, else from the backend RNG so `B::seed` still makes runs
+/// reproducible: Flex's per-element `Bernoulli` sampling through StdRng was ~13% of a LoRA
+/// train step of the tiny preset. Other backends draw on the device.
 pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, p: f64) -> Tensor<B, D> {
     let device = x.device();
     if p <= 0.0 || !B::ad_enabled(&device) {
@@ -148,15 +165,21 @@ pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, p: f64) -> Tensor<B,
     }
     let keep = 1.0 - p;
     let dims = x.dims();
-    let mask = if B::name(&device).contains("flex") {
-        let seed =
-            Tensor::<B, 1, Int>::random([2], Distribution::Uniform(0.0, 2147483647.0), &device)
-                .into_data()
-                .convert::<i64>()
-                .into_vec::<i64>()
-                .unwrap_or_default();
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(seed.iter().fold(0u64, |acc, &v| (acc << 31) ^ v as u64));
+    let stream = DROPOUT_STREAM.with(|s| s.borrow_mut().as_mut().map(|r| r.next_u64()));
+    let mask = if stream.is_some() || B::name(&device).contains("flex") {
+        let seed = stream.unwrap_or_else(|| {
+            let v = Tensor::<B, 1, Int>::random(
+                [2],
+                Distribution::Uniform(0.0, 2147483647.0),
+                &device,
+            )
+            .into_data()
+            .convert::<i64>()
+            .into_vec::<i64>()
+            .unwrap_or_default();
+            v.iter().fold(0u64, |acc, &v| (acc << 31) ^ v as u64)
+        });
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let threshold = (keep * 4294967296.0) as u64;
         let scale = (1.0 / keep) as f32;
         let n = dims.iter().product();
@@ -246,9 +269,14 @@ pub fn select_targets(names: &[String], sel: &TargetSelector) -> Result<Vec<Stri
                 .collect()
         }
         TargetSelector::Regex(pattern) => {
-            let re = Regex::new(&format!("^(?:{pattern})$"))
+            // fancy-regex: ms-swift users write look-aheads (`^(?!.*visual).*proj$`).
+            let re = fancy_regex::Regex::new(&format!("^(?:{pattern})$"))
                 .map_err(|e| ModelError::Lora(format!("target_modules regex {pattern:?}: {e}")))?;
-            names.iter().filter(|n| re.is_match(n)).cloned().collect()
+            names
+                .iter()
+                .filter(|n| re.is_match(n).unwrap_or(false))
+                .cloned()
+                .collect()
         }
     };
     if picked.is_empty() {
@@ -338,6 +366,10 @@ mod tests {
         assert_eq!(select_targets(&names(), &re).unwrap().len(), 2);
         // fullmatch: a bare suffix does not match as a regex.
         assert!(select_targets(&names(), &TargetSelector::Regex("q_proj".into())).is_err());
+        // ms-swift's look-ahead form (everything but the vision tower).
+        let not_vit = TargetSelector::Regex(r"^(?!.*visual).*\.(q_proj|o_proj)$".into());
+        let picked = select_targets(&names(), &not_vit).unwrap();
+        assert!(!picked.is_empty() && picked.iter().all(|n| !n.contains("visual")));
     }
 
     #[test]

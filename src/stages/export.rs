@@ -15,15 +15,14 @@ use serde_json::json;
 
 use crate::adapter::apply::apply_adapter;
 use crate::adapter::{AdapterConfig, PeftAdapter, read_peft_adapter, write_peft_adapter};
-use crate::backend::{CpuBackend, CudaBackend};
+use super::device::{CpuDtype, OnBackend, run_on_device};
+use crate::backend::DeviceKind;
 use crate::experiment::schema::{Common, ExportParams};
 use crate::export::hf_config::HeadSpec;
 use crate::export::merged::{copy_processor_files, preprocessor_config, write_merged};
 use crate::export::output_dir::{check_writable, publish_copy};
 use crate::export::shards::DEFAULT_MAX_SHARD_BYTES;
-use crate::export::source::{
-    Compute, base_config, base_model_name, compute_device, model_dtype, train_adapter_dir,
-};
+use crate::export::source::{base_config, base_model_name, model_dtype, train_adapter_dir};
 use crate::graph::{Stage, StageContext, StageError};
 use crate::model::tokenizer::{SpecialTokens, load_tokenizer};
 use crate::model::{ModelSource, load_classifier};
@@ -77,7 +76,7 @@ impl ExportStage {
         self
     }
 
-    fn run_on<B: Backend>(
+    fn compute<B: Backend>(
         &self,
         ctx: &StageContext,
         device: B::Device,
@@ -271,12 +270,7 @@ impl Stage for ExportStage {
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let (dtype, _) = model_dtype(&self.common.model.torch_dtype).map_err(input)?;
-        match compute_device(&self.common.model.device, ctx.device).map_err(input)? {
-            Compute::Cpu => self.run_on::<CpuBackend>(ctx, Default::default(), dtype),
-            Compute::Cuda(i) => {
-                self.run_on::<CudaBackend>(ctx, burn::backend::cuda::CudaDevice::new(i), dtype)
-            }
-        }
+        run_on_device(self, ctx, &self.common.model.device, dtype, CpuDtype::Keep)
     }
 }
 
@@ -299,4 +293,15 @@ pub fn model_weight_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     weights.sort();
     files.extend(weights);
     Ok(files)
+}
+
+impl OnBackend for ExportStage {
+    fn run_on<B: Backend>(
+        &self,
+        ctx: &StageContext,
+        (_, device): (DeviceKind, B::Device),
+        dtype: DType,
+    ) -> Result<(), StageError> {
+        self.compute::<B>(ctx, device, dtype)
+    }
 }

@@ -6,6 +6,7 @@ use crate::experiment::{Common, StageParams, StageSpec};
 use crate::graph::{Stage, StageError};
 
 pub mod dataset;
+mod device;
 pub mod export;
 pub mod score;
 pub mod train;

@@ -20,10 +20,11 @@ use serde_json::{Value, json};
 
 use crate::adapter::apply::apply_adapter;
 use crate::adapter::read_peft_adapter;
-use crate::backend::{CpuBackend, CudaBackend};
+use super::device::{CpuDtype, OnBackend, run_on_device};
+use crate::backend::DeviceKind;
 use crate::data::record::{Record, load_split};
 use crate::experiment::schema::{Common, ScoreParams};
-use crate::export::source::{Compute, compute_device, model_dtype, train_adapter_dir};
+use crate::export::source::{model_dtype, train_adapter_dir};
 use crate::graph::{Stage, StageContext, StageError};
 use crate::model::inputs::{PaddingSide, SampleInputs, collate};
 use crate::model::processor::pixel_rows;
@@ -201,7 +202,7 @@ impl ScoreStage {
         }
     }
 
-    fn run_on<B: Backend>(
+    fn compute<B: Backend>(
         &self,
         ctx: &StageContext,
         device: B::Device,
@@ -441,23 +442,17 @@ impl Stage for ScoreStage {
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let (dtype, _) = model_dtype(&self.common.model.torch_dtype).map_err(input)?;
-        match compute_device(&self.common.model.device, ctx.device).map_err(input)? {
-            // bf16 matmuls are slow on the CPU backend; score in f32 there (as training does).
-            Compute::Cpu => {
-                if dtype == DType::BF16 {
-                    crate::report::table::print_above(
-                        ctx.progress,
-                        &format!(
-                            "[{}] torch_dtype bfloat16 → scoring in float32 on the CPU",
-                            ctx.name
-                        ),
-                    );
-                }
-                self.run_on::<CpuBackend>(ctx, Default::default(), DType::F32)
-            }
-            Compute::Cuda(i) => {
-                self.run_on::<CudaBackend>(ctx, burn::backend::cuda::CudaDevice::new(i), dtype)
-            }
-        }
+        run_on_device(self, ctx, &self.common.model.device, dtype, CpuDtype::F32For("scoring"))
+    }
+}
+
+impl OnBackend for ScoreStage {
+    fn run_on<B: Backend>(
+        &self,
+        ctx: &StageContext,
+        (_, device): (DeviceKind, B::Device),
+        dtype: DType,
+    ) -> Result<(), StageError> {
+        self.compute::<B>(ctx, device, dtype)
     }
 }

@@ -9,7 +9,8 @@
 
 use crate::adapter::targets::{TargetModules, target_regex};
 use crate::adapter::{AdapterConfig, read_peft_adapter};
-use crate::backend::{CpuBackend, CudaBackend, DeviceKind, resolve_device};
+use super::device::{CpuDtype, OnBackend, run_on_device};
+use crate::backend::DeviceKind;
 use crate::data::record::load_split;
 use crate::experiment::schema::{Common, TargetModules as RawTargets, TrainParams};
 use crate::graph::{Stage, StageContext, StageError};
@@ -24,7 +25,7 @@ use crate::train::seq_cls::{PIXEL_CACHE_BYTES, RecordSet, pixel_bytes, target_of
 use crate::train::{PeftState, RunOptions, TrainError, TrainSpec, outputs, train};
 use burn::backend::Autodiff;
 use burn::tensor::DType;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use std::path::{Path, PathBuf};
 
 /// Bump when the artifacts change.
@@ -140,16 +141,8 @@ impl TrainStage {
                 llm: !p.freeze_llm,
             },
             RawTargets::One(re) => {
-                regex::Regex::new(re).map_err(|e| {
-                    // The regex crate's message spans lines (pattern, caret, error):
-                    // keep the error line.
-                    let msg = e.to_string();
-                    let last = msg.lines().last().unwrap_or_default();
-                    input(format!(
-                        "target_modules regex {re:?}: {}",
-                        last.trim_start_matches("error: ")
-                    ))
-                })?;
+                fancy_regex::Regex::new(re)
+                    .map_err(|e| input(format!("target_modules regex {re:?}: {e}")))?;
                 TargetSelector::Regex(re.clone())
             }
             RawTargets::List(names) => TargetSelector::Names(names.clone()),
@@ -180,6 +173,7 @@ impl TrainStage {
             best_metric,
             data_seed: p.data_seed,
             seed: common.seed,
+            shards: 1,
         };
         let lora = LoraSpec {
             r: p.lora_rank,
@@ -267,27 +261,29 @@ impl Stage for TrainStage {
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let spec = ctx.device.unwrap_or(&self.common.model.device);
-        let (device, why) = resolve_device(spec).map_err(|e| input(e.to_string()))?;
         let dtype = dtype_of(&self.common.model.torch_dtype)?;
-        let say = |m: String| ctx.say(m);
-        say(format!("[{}] {why}", ctx.name));
-        match device {
-            DeviceKind::Cpu => {
-                if dtype == DType::BF16 {
-                    say(format!(
-                        "[{}] torch_dtype bfloat16 → training in float32 on the CPU (bf16 matmuls are slow there)",
-                        ctx.name
-                    ));
-                }
-                self.run_on::<Autodiff<CpuBackend>>(ctx, Default::default(), DType::F32)
-            }
-            DeviceKind::Cuda(i) => self.run_on::<Autodiff<CudaBackend>>(
-                ctx,
-                burn::backend::cuda::CudaDevice::new(i),
-                dtype,
-            ),
-        }
+        run_on_device(
+            self,
+            ctx,
+            &self.common.model.device,
+            dtype,
+            CpuDtype::F32For("training"),
+        )
+    }
+}
+
+impl OnBackend for TrainStage {
+    fn run_on<B: Backend>(
+        &self,
+        ctx: &StageContext,
+        (kind, device): (DeviceKind, B::Device),
+        dtype: DType,
+    ) -> Result<(), StageError> {
+        let shards = match kind {
+            DeviceKind::Cpu => CPU_SHARDS,
+            DeviceKind::Cuda(_) => 1,
+        };
+        self.train_on::<Autodiff<B>>(ctx, device, dtype, shards)
     }
 }
 
@@ -332,14 +328,24 @@ fn checkpoint_score_rows(dir: &Path) -> Option<usize> {
     None
 }
 
+/// Concurrent shards of a micro-batch on the CPU (`TrainSpec::shards`): a fixed number, so
+/// a run's numbers do not depend on the core count. Two cores run two shards at a time;
+/// four balance shards of unequal sequence length and keep four cores busy.
+const CPU_SHARDS: usize = 4;
+
 impl TrainStage {
-    fn run_on<B: AutodiffBackend>(
+    fn train_on<B: AutodiffBackend>(
         &self,
         ctx: &StageContext,
         device: B::Device,
         dtype: DType,
+        shards: usize,
     ) -> Result<(), StageError> {
         let num_labels = self.spec.num_labels;
+        let spec = TrainSpec {
+            shards,
+            ..self.spec.clone()
+        };
         let data = ctx
             .upstream_of_kind("dataset")
             .ok_or_else(|| input(format!("stage {:?} needs a dataset stage", ctx.name)))?;
@@ -447,7 +453,7 @@ impl TrainStage {
             .as_ref()
             .map(|v| v as &dyn crate::train::SampleSet<_>);
         let (model, outcome) = train::<B, _, _>(
-            model, &train_set, val_ref, &self.spec, &opts, &device,
+            model, &train_set, val_ref, &spec, &opts, &device,
         )
         .map_err(|e| match e {
             TrainError::Checkpoint(m) => input(m),

@@ -20,9 +20,11 @@ use crate::train::metrics_log::{MetricsLog, Progress, finish_line, num};
 use crate::train::optimizer::{AdamW, AdamWConfig, clip_grad_norm};
 use crate::train::params::{self, PathTensors};
 use crate::train::schedule::{LrSchedule, ScheduleKind, warmup_steps};
+use crate::model::lora::with_dropout_stream;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use serde_json::{Map, Value};
+use rayon::prelude::*;
 use std::path::Path;
 use std::time::Instant;
 
@@ -52,6 +54,11 @@ pub struct TrainSpec {
     pub data_seed: u64,
     /// Seed of the backend RNG (LoRA dropout masks).
     pub seed: u64,
+    /// Concurrent shards per micro-batch (1: one autodiff graph per micro-batch, dropout
+    /// from the backend RNG, the GPU path). With n > 1 (the CPU) a micro-batch is cut into
+    /// n parts run on the rayon pool, each with its own dropout stream, and their gradients
+    /// summed in order: the result depends on n, never on the thread count or timing.
+    pub shards: usize,
 }
 
 /// Where and how a run reports.
@@ -118,6 +125,7 @@ where
     B: AutodiffBackend,
     M: AutodiffModule<B> + Classifier<B, S> + PeftState,
     M::InnerModule: Classifier<B::InnerBackend, S>,
+    S: Sync,
 {
     let started = Instant::now();
     let plan = EpochPlan::new(train.len(), spec.train_batch_size, spec.grad_accum);
@@ -201,39 +209,26 @@ where
                 let samples = train.samples(&idx).map_err(TrainError::Data)?;
                 let refs: Vec<&S> = samples.iter().map(|s| s.as_ref()).collect();
                 let targets: Vec<&Target> = idx.iter().map(|&i| train.target(i)).collect();
-                let logits = {
-                    // Burn's RNG (LoRA dropout) is one per process: trainings running
-                    // side by side (a sweep with --jobs) take turns from seeding to the
-                    // end of the forward pass, so each draws exactly its own masks.
-                    let _rng = RNG_TURN.lock().unwrap_or_else(|e| e.into_inner());
-                    B::seed(device, micro_seed(spec.seed, st.global_step, k));
-                    model.logits(&refs, device).map_err(TrainError::Model)?
-                };
-                let labels = logits.dims()[1];
-                let host = logits
-                    .clone()
-                    .inner()
-                    .into_data()
-                    .to_vec::<f32>()
-                    .map_err(data_err)?;
-                let scaled = loss::loss(logits, &targets, spec.problem).div_scalar(n_micro as f64);
-                let value = scaled
-                    .clone()
-                    .inner()
-                    .into_data()
-                    .to_vec::<f32>()
-                    .map_err(data_err)?[0];
-                if !value.is_finite() {
+                let seed = micro_seed(spec.seed, st.global_step, k);
+                let out = micro_batch::<B, M, S>(
+                    &model,
+                    (&refs, &targets),
+                    n_micro,
+                    spec,
+                    seed,
+                    device,
+                    &mut grads,
+                )?;
+                if !out.loss.is_finite() {
                     return Err(TrainError::NonFinite {
                         step: st.global_step + 1,
                     });
                 }
-                step_loss += value as f64;
-                if let Some(c) = loss::correct(&host, labels, &targets, spec.problem) {
+                step_loss += out.loss;
+                if let Some(c) = loss::correct(&out.logits, out.labels, &targets, spec.problem) {
                     st.acc_correct += c.iter().filter(|&&x| x).count() as u64;
                     st.acc_seen += c.len() as u64;
                 }
-                params::accumulate_grads::<B, M>(&model, scaled.backward(), &mut grads);
             }
             let grad_norm =
                 (spec.max_grad_norm > 0.0).then(|| clip_grad_norm(&mut grads, spec.max_grad_norm));
@@ -289,6 +284,7 @@ where
                     spec.eval_batch_size,
                     spec.problem,
                     device,
+                    spec.shards > 1,
                 )
                 .map_err(TrainError::Data)?;
                 log.append(eval_line(&r, st.epoch, &progress(&st)))?;
@@ -422,6 +418,111 @@ where
             log_history: log.history,
         },
     ))
+}
+
+/// What one micro-batch reports: its share of the step loss, host logits, label count.
+struct MicroOut {
+    loss: f64,
+    logits: Vec<f32>,
+    labels: usize,
+}
+
+/// Forward and backward of one micro-batch, its gradients (of `loss / n_micro`) added to
+/// `grads`; `spec.shards` decides whether it runs as one graph or as concurrent shards.
+fn micro_batch<B, M, S>(
+    model: &M,
+    (samples, targets): (&[&S], &[&Target]),
+    n_micro: usize,
+    spec: &TrainSpec,
+    seed: u64,
+    device: &B::Device,
+    grads: &mut PathTensors<B::InnerBackend>,
+) -> Result<MicroOut, TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Classifier<B, S>,
+    S: Sync,
+{
+    if spec.shards <= 1 {
+        let logits = {
+            // Burn's RNG (LoRA dropout) is one per process: trainings running side by side
+            // (a sweep with --jobs) take turns from seeding to the end of the forward pass,
+            // so each draws exactly its own masks.
+            let _rng = RNG_TURN.lock().unwrap_or_else(|e| e.into_inner());
+            B::seed(device, seed);
+            model.logits(samples, device).map_err(TrainError::Model)?
+        };
+        let (out, g) = shard_backward::<B>(logits, targets, spec.problem, n_micro as f64)?;
+        params::accumulate_grads::<B, M>(model, g, grads);
+        return Ok(out);
+    }
+    let len = samples.len().div_ceil(spec.shards);
+    // Fresh leaves per shard (same parameter ids): separate autodiff graphs that can run
+    // concurrently without merging into one locked graph.
+    let jobs: Vec<(usize, M)> = (0..samples.len().div_ceil(len))
+        .map(|j| (j, M::from_inner(model.valid())))
+        .collect();
+    let scale = |n: usize| n_micro as f64 * samples.len() as f64 / n as f64;
+    let done: Vec<Result<(M, MicroOut, B::Gradients), TrainError>> = jobs
+        .into_par_iter()
+        .map(|(j, replica)| {
+            let range = j * len..((j + 1) * len).min(samples.len());
+            let stream = micro_seed(seed, j, usize::MAX);
+            let logits = with_dropout_stream(stream, || {
+                replica.logits(&samples[range.clone()], device)
+            })
+            .map_err(TrainError::Model)?;
+            let (out, g) = shard_backward::<B>(
+                logits,
+                &targets[range.clone()],
+                spec.problem,
+                scale(range.len()),
+            )?;
+            Ok((replica, out, g))
+        })
+        .collect();
+    let mut total = MicroOut {
+        loss: 0.0,
+        logits: Vec::with_capacity(samples.len() * 2),
+        labels: 0,
+    };
+    for r in done {
+        let (replica, out, g) = r?;
+        params::accumulate_grads::<B, M>(&replica, g, grads);
+        total.loss += out.loss;
+        total.logits.extend(out.logits);
+        total.labels = out.labels;
+    }
+    Ok(total)
+}
+
+/// Loss of `logits` divided by `div`, its value and host logits, and its gradients.
+fn shard_backward<B: AutodiffBackend>(
+    logits: burn::tensor::Tensor<B, 2>,
+    targets: &[&Target],
+    problem: Problem,
+    div: f64,
+) -> Result<(MicroOut, B::Gradients), TrainError> {
+    let labels = logits.dims()[1];
+    let host = logits
+        .clone()
+        .inner()
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(data_err)?;
+    let scaled = loss::loss(logits, targets, problem).div_scalar(div);
+    let value = scaled
+        .clone()
+        .inner()
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(data_err)?[0];
+    let out = MicroOut {
+        loss: value as f64,
+        logits: host,
+        labels,
+    };
+    Ok((out, scaled.backward()))
 }
 
 fn data_err(e: burn::tensor::DataError) -> TrainError {
