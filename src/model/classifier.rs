@@ -12,7 +12,7 @@ use super::inputs::ModelInputs;
 use super::lora::{LoraLinear, LoraSpec, select_targets};
 use super::presets::preset_config;
 use super::rope::{mrope_cos_sin, rope_index};
-use super::text::TextModel;
+use super::text::{TextModel, TextRope};
 use super::vision::VisionModel;
 use super::weights::{CheckpointSource, RandomSource, seeded_normal};
 
@@ -60,6 +60,7 @@ pub fn load_classifier_from<B: Backend>(
                 std: 0.02,
                 dtype,
                 device: device.clone(),
+                device_rng: false,
             };
             let visual = VisionModel::load(&mut src, &cfg.vision)?;
             let language_model = TextModel::load(&mut src, &cfg.text)?;
@@ -219,14 +220,16 @@ impl<B: Backend> SeqClassifier<B> {
         let pos = rope_index(cfg, &host.ids, &host.mask, b, s, &inputs.image_grid_thw)?;
         let hd = cfg.text.head_dim();
         let (cos, sin) = mrope_cos_sin(&pos, b, s, hd, cfg.text.rope_theta, cfg.text.mrope_section);
-        let table = |v: Vec<f32>| {
-            Tensor::<B, 4>::from_data(TensorData::new(v, [b, 1, s, hd]), (&device, DType::F32))
-                .cast(self.dtype())
-        };
-        let (cos, sin) = (table(cos), table(sin));
         let heads = cfg.text.num_attention_heads;
+        let rope = TextRope::new(
+            (&cos, &sin),
+            [b, s, hd],
+            [heads, cfg.text.num_key_value_heads],
+            self.dtype(),
+            &device,
+        );
         let mask = padding_mask::<B>(&host.mask, b, s, heads, &device);
-        Ok(self.language_model.forward(x, &cos, &sin, mask.as_ref()))
+        Ok(self.language_model.forward(x, &rope, mask.as_ref()))
     }
 
     /// Model dtype (of the embedding table).
@@ -280,8 +283,13 @@ impl<B: Backend> SeqClassifier<B> {
     }
 }
 
-/// Causal + key-padding mask `[b, heads, s, s]` (true = masked), or `None` without padding
-/// (plain causal attention).
+/// Masks of up to this many elements are built per head, contiguous: the CPU backend's
+/// `mask_fill` copies a broadcast mask element by element in every layer, forward and
+/// backward. Larger ones (real models on a GPU) stay broadcast over heads.
+const DENSE_MASK_MAX: usize = 1 << 22;
+
+/// Causal + key-padding mask `[b, heads, s, s]` (true = masked), or `None` (plain causal
+/// attention) for a large batch without padding.
 fn padding_mask<B: Backend>(
     mask: &[i64],
     b: usize,
@@ -289,19 +297,21 @@ fn padding_mask<B: Backend>(
     heads: usize,
     device: &B::Device,
 ) -> Option<Tensor<B, 4, Bool>> {
-    if mask.iter().all(|&m| m == 1) {
+    let dense = b * heads * s * s <= DENSE_MASK_MAX;
+    if !dense && mask.iter().all(|&m| m == 1) {
         return None;
     }
-    let mut m = vec![false; b * s * s];
+    let copies = if dense { heads } else { 1 };
+    let mut m = Vec::with_capacity(b * copies * s * s);
     for r in 0..b {
-        for i in 0..s {
-            for j in 0..s {
-                m[(r * s + i) * s + j] = j > i || mask[r * s + j] == 0;
+        for _ in 0..copies {
+            for i in 0..s {
+                m.extend((0..s).map(|j| j > i || mask[r * s + j] == 0));
             }
         }
     }
-    let t = Tensor::<B, 4, Bool>::from_data(TensorData::new(m, [b, 1, s, s]), device);
-    Some(t.expand([b, heads, s, s]))
+    let t = Tensor::<B, 4, Bool>::from_data(TensorData::new(m, [b, copies, s, s]), device);
+    Some(if dense { t } else { t.expand([b, heads, s, s]) })
 }
 
 /// LoRA management and export.

@@ -4,13 +4,50 @@
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::module::{attention, embedding};
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Int, Tensor, backend::Backend};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData, backend::Backend};
 
 use super::ModelError;
 use super::config::TextConfig;
 use super::layers::{Mlp, RmsNorm, apply_rotary};
 use super::lora::{LinearMap, LinearVisit, LoraLinear};
 use super::weights::{Init, ParamSource};
+
+/// Rotary tables repeated per head, `[b, s, heads, head_dim]` for queries and
+/// `[b, s, kv_heads, head_dim]` for keys (model dtype), contiguous: the rotation then runs
+/// on same-shaped contiguous tensors, before the heads move in front of the sequence
+/// (broadcast or transposed operands take a slow strided path on the CPU backend).
+pub struct TextRope<B: Backend> {
+    pub cos_q: Tensor<B, 4>,
+    pub sin_q: Tensor<B, 4>,
+    pub cos_k: Tensor<B, 4>,
+    pub sin_k: Tensor<B, 4>,
+}
+
+impl<B: Backend> TextRope<B> {
+    /// From host tables `[b, s, hd]` (f32, as `rope::mrope_cos_sin` returns them).
+    pub fn new(
+        (cos, sin): (&[f32], &[f32]),
+        [b, s, hd]: [usize; 3],
+        [heads, kv_heads]: [usize; 2],
+        dtype: DType,
+        device: &B::Device,
+    ) -> Self {
+        let per_head = |t: &[f32], n: usize| {
+            let v: Vec<f32> = t
+                .chunks(hd)
+                .flat_map(|row| std::iter::repeat_n(row, n).flatten().copied())
+                .collect();
+            Tensor::<B, 4>::from_data(TensorData::new(v, [b, s, n, hd]), (device, DType::F32))
+                .cast(dtype)
+        };
+        Self {
+            cos_q: per_head(cos, heads),
+            sin_q: per_head(sin, heads),
+            cos_k: per_head(cos, kv_heads),
+            sin_k: per_head(sin, kv_heads),
+        }
+    }
+}
 
 /// `Qwen2_5_VLAttention` (eager semantics: scale head_dim^-0.5, kv heads repeated).
 #[derive(Module, Debug)]
@@ -24,24 +61,23 @@ pub struct TextAttention<B: Backend> {
 }
 
 impl<B: Backend> TextAttention<B> {
-    /// `x [b, s, hidden]`, `cos`/`sin` `[b, 1, s, head_dim]` (model dtype), `mask`
-    /// `[b, heads, s, s]` (true = masked; `None` = causal only) → `[b, s, hidden]`.
+    /// `x [b, s, hidden]`, `mask` `[b, heads, s, s]` (true = masked; `None` = causal
+    /// only) → `[b, s, hidden]`.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
+        rope: &TextRope<B>,
         mask: Option<&Tensor<B, 4, Bool>>,
     ) -> Tensor<B, 3> {
         let [b, s, hidden] = x.dims();
         let (h, kvh) = (self.num_heads, self.num_kv_heads);
         let hd = hidden / h;
-        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
-        let q = heads(self.q_proj.forward(x.clone()), h);
-        let k = heads(self.k_proj.forward(x.clone()), kvh);
-        let v = heads(self.v_proj.forward(x), kvh);
-        let q = apply_rotary(q, cos.clone(), sin.clone());
-        let k = apply_rotary(k, cos.clone(), sin.clone());
+        let split = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]);
+        let q = split(self.q_proj.forward(x.clone()), h);
+        let k = split(self.k_proj.forward(x.clone()), kvh);
+        let v = split(self.v_proj.forward(x), kvh).swap_dims(1, 2);
+        let q = apply_rotary(q, rope.cos_q.clone(), rope.sin_q.clone()).swap_dims(1, 2);
+        let k = apply_rotary(k, rope.cos_k.clone(), rope.sin_k.clone()).swap_dims(1, 2);
         let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
         let opts = AttentionModuleOptions {
             is_causal: mask.is_none(),
@@ -77,14 +113,13 @@ impl<B: Backend> DecoderLayer<B> {
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
+        rope: &TextRope<B>,
         mask: Option<&Tensor<B, 4, Bool>>,
     ) -> Tensor<B, 3> {
         let x = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), cos, sin, mask);
+                .forward(self.input_layernorm.forward(x), rope, mask);
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 }
@@ -162,13 +197,12 @@ impl<B: Backend> TextModel<B> {
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
+        rope: &TextRope<B>,
         mask: Option<&Tensor<B, 4, Bool>>,
     ) -> Tensor<B, 3> {
         self.layers
             .iter()
-            .fold(x, |x, l| l.forward(x, cos, sin, mask))
+            .fold(x, |x, l| l.forward(x, rope, mask))
     }
 
     pub fn visit_linears(&self, f: &mut LinearVisit<'_, B>) {

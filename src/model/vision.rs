@@ -117,20 +117,28 @@ pub struct DeviceGroups<B: Backend> {
     gather: Option<Tensor<B, 1, Int>>,
     scatter: Option<Tensor<B, 1, Int>>,
     buckets: Vec<(usize, usize)>,
-    cos: Tensor<B, 2>,
-    sin: Tensor<B, 2>,
+    cos: Tensor<B, 3>,
+    sin: Tensor<B, 3>,
 }
 
 impl<B: Backend> DeviceGroups<B> {
-    fn new(g: AttentionGroups, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>, device: &B::Device) -> Self {
+    fn new(
+        g: AttentionGroups,
+        (cos, sin): (&Tensor<B, 2>, &Tensor<B, 2>),
+        heads: usize,
+        device: &B::Device,
+    ) -> Self {
         let gather = g.gather.map(|v| index_tensor(&v, device));
-        let (cos, sin) = match &gather {
-            Some(idx) => (
-                cos.clone().select(0, idx.clone()),
-                sin.clone().select(0, idx.clone()),
-            ),
-            None => (cos.clone(), sin.clone()),
+        // Repeated per head `[n, heads, hd]`, contiguous: the rotation multiplies
+        // same-shaped tensors (a broadcast operand is slow on the CPU backend).
+        let table = |t: &Tensor<B, 2>| {
+            let t = match &gather {
+                Some(idx) => t.clone().select(0, idx.clone()),
+                None => t.clone(),
+            };
+            t.unsqueeze_dim::<3>(1).repeat_dim(1, heads)
         };
+        let (cos, sin) = (table(cos), table(sin));
         Self {
             gather,
             scatter: g.scatter.map(|v| index_tensor(&v, device)),
@@ -189,11 +197,16 @@ impl<B: Backend> VisionPlan<B> {
         Self {
             window_groups: DeviceGroups::new(
                 AttentionGroups::from_cu(&cu_window_seqlens),
-                &cos,
-                &sin,
+                (&cos, &sin),
+                cfg.num_heads,
                 device,
             ),
-            full_groups: DeviceGroups::new(AttentionGroups::from_cu(&cu_full), &cos, &sin, device),
+            full_groups: DeviceGroups::new(
+                AttentionGroups::from_cu(&cu_full),
+                (&cos, &sin),
+                cfg.num_heads,
+                device,
+            ),
             cos,
             sin,
             to_window: index_tensor(&patch_perm, device),
@@ -213,7 +226,7 @@ pub struct VisionAttention<B: Backend> {
 }
 
 impl<B: Backend> VisionAttention<B> {
-    /// `x [n, hidden]` → `[n, hidden]`; `cos`/`sin` `[n, head_dim]` f32.
+    /// `x [n, hidden]` → `[n, hidden]`; rotary tables from `groups` (`[n, heads, head_dim]` f32).
     pub fn forward(&self, x: Tensor<B, 2>, groups: &DeviceGroups<B>) -> Tensor<B, 2> {
         let [n, hidden] = x.dims();
         let heads = self.num_heads;
@@ -227,10 +240,7 @@ impl<B: Backend> VisionAttention<B> {
         };
         let qkv = self.qkv.forward(x).reshape([n, 3, heads, hd]);
         let part = |i: usize| qkv.clone().narrow(1, i, 1).reshape([n, heads, hd]);
-        let (cos, sin) = (
-            groups.cos.clone().unsqueeze_dim::<3>(1),
-            groups.sin.clone().unsqueeze_dim::<3>(1),
-        );
+        let (cos, sin) = (groups.cos.clone(), groups.sin.clone());
         let q = apply_rotary(part(0).cast(DType::F32), cos.clone(), sin.clone()).cast(dtype);
         let k = apply_rotary(part(1).cast(DType::F32), cos, sin).cast(dtype);
         let v = part(2);
