@@ -26,7 +26,7 @@ use pipeline::bench::workload::lora_spec;
 use pipeline::model::inputs::ModelInputs;
 use pipeline::model::weights::seeded_normal;
 use pipeline::model::{SeqClassifier, WeightsSource, load_classifier_from};
-use support::{Fixture, golden_dir, max_abs_diff, to_vec};
+use support::{Fixture, golden_dir, max_abs_diff, rel_l2, to_vec};
 
 type Flex = support::B;
 
@@ -242,13 +242,6 @@ fn train_step<Bk: Backend>(dtype: DType, dev: &Bk::Device) -> Step {
         before,
         after: trainables(&model).into_iter().map(to_vec).collect(),
     }
-}
-
-fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b).powi(2)).sum();
-    let den: f64 = want.iter().map(|b| b * b).sum::<f64>().max(1e-30);
-    (num / den).sqrt()
 }
 
 /// Compare two steps: loss |diff| and the worst gradient relative L2.

@@ -20,7 +20,7 @@ use pipeline::model::inputs::{PaddingSide, collate};
 use pipeline::model::presets::preset_config;
 use pipeline::model::weights::seeded_normal;
 use pipeline::model::{SeqClassifier, WeightsSource, load_classifier_from};
-use support::{B, to_vec};
+use support::{B, rel_l2, to_vec};
 
 type AB = Autodiff<B>;
 
@@ -56,14 +56,6 @@ fn model(dtype: DType) -> SeqClassifier<AB> {
         })
         .collect();
     base.load_lora_weights(&spec, adapters, None).unwrap()
-}
-
-fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b).powi(2)).sum();
-    let den: f64 = want.iter().map(|b| b * b).sum();
-    assert!(num.is_finite() && den > 0.0);
-    (num / den).sqrt()
 }
 
 /// Logits, loss and the gradients of every trainable tensor (score first, then A/B in module

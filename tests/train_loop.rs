@@ -390,17 +390,17 @@ fn sharded_micro_batches_train_like_one_graph() {
     run_probe(one.path(), &spec(), None, 0.0).unwrap();
     for shards in [2, 3] {
         let cut = tempfile::tempdir().unwrap();
-        let spec = TrainSpec {
-            shards,
-            ..spec()
-        };
+        let spec = TrainSpec { shards, ..spec() };
         on_threads(2, || run_probe(cut.path(), &spec, None, 0.0)).unwrap();
         for ((k, a), (_, b)) in adapter_values(one.path())
             .iter()
             .zip(adapter_values(cut.path()))
         {
             let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
-            let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            let diff = a
+                .iter()
+                .zip(&b)
+                .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
             assert!(diff <= 1e-5 * scale, "{shards} shards, {k}: {diff}");
         }
     }
@@ -428,6 +428,16 @@ fn sharded_runs_resume_exactly_and_ignore_the_thread_count() {
 
     // Dropout is live: another seed draws other masks.
     let other = tempfile::tempdir().unwrap();
-    on_threads(2, || run(other.path(), &TrainSpec { seed: 5, ..spec.clone() }, None)).unwrap();
+    on_threads(2, || {
+        run(
+            other.path(),
+            &TrainSpec {
+                seed: 5,
+                ..spec.clone()
+            },
+            None,
+        )
+    })
+    .unwrap();
     assert_ne!(adapter_bytes(full.path()), adapter_bytes(other.path()));
 }

@@ -1,7 +1,7 @@
 //! The benchmark workload, built exactly like `shared/bench/torch_baseline.py` builds its own:
 //! image grid from the pixel budget (4:5 aspect), prompt layout, random weights, LoRA targets.
 
-use burn::tensor::{DType, Distribution, Tensor, TensorData, backend::Backend};
+use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -11,7 +11,7 @@ use crate::model::inputs::SampleInputs;
 use crate::model::lora::{LoraLinear, LoraSpec, TargetSelector, derive_seed};
 use crate::model::text::TextModel;
 use crate::model::vision::VisionModel;
-use crate::model::weights::{Init, ParamSource, seeded_normal};
+use crate::model::weights::{RandomSource, seeded_normal};
 use crate::model::{ModelError, WeightsSource, load_classifier_from};
 
 use super::args::BenchModel;
@@ -88,39 +88,6 @@ pub fn lora_spec(rank: usize, freeze_vit: bool) -> LoraSpec {
     }
 }
 
-/// Random parameters drawn on the device (normal(0, std) in f32, cast to the model dtype):
-/// a 7B model initialises in seconds instead of streaming 30 GB from the host. Values only
-/// need realistic scale for a throughput benchmark.
-struct DeviceRandomSource<B: Backend> {
-    std: f64,
-    dtype: DType,
-    device: B::Device,
-}
-
-impl<B: Backend> ParamSource<B> for DeviceRandomSource<B> {
-    fn tensor<const D: usize>(
-        &mut self,
-        _key: &str,
-        shape: [usize; D],
-        init: Init,
-    ) -> Result<Tensor<B, D>, ModelError> {
-        let opts = (&self.device, self.dtype);
-        Ok(match init {
-            Init::Ones => Tensor::ones(shape, opts),
-            Init::Zeros => Tensor::zeros(shape, opts),
-            Init::Normal => Tensor::<B, D>::random(
-                shape,
-                Distribution::Normal(0.0, self.std),
-                (&self.device, DType::F32),
-            )
-            .cast(self.dtype),
-        })
-    }
-    fn set_std(&mut self, std: f64) {
-        self.std = std;
-    }
-}
-
 /// The classifier under test with fresh LoRA adapters (base frozen).
 pub fn bench_model<B: Backend>(
     model: &BenchModel,
@@ -136,10 +103,12 @@ pub fn bench_model<B: Backend>(
         BenchModel::Preset(name) => {
             let config = crate::model::presets::preset_config(name)?;
             B::seed(device, seed);
-            let mut src = DeviceRandomSource::<B> {
+            let mut src = RandomSource::<B> {
+                seed,
                 std: 0.02,
                 dtype,
                 device: device.clone(),
+                device_rng: true,
             };
             let visual = VisionModel::load(&mut src, &config.vision)?;
             let language_model = TextModel::load(&mut src, &config.text)?;

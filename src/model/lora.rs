@@ -168,15 +168,12 @@ pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, p: f64) -> Tensor<B,
     let stream = DROPOUT_STREAM.with(|s| s.borrow_mut().as_mut().map(|r| r.next_u64()));
     let mask = if stream.is_some() || B::name(&device).contains("flex") {
         let seed = stream.unwrap_or_else(|| {
-            let v = Tensor::<B, 1, Int>::random(
-                [2],
-                Distribution::Uniform(0.0, 2147483647.0),
-                &device,
-            )
-            .into_data()
-            .convert::<i64>()
-            .into_vec::<i64>()
-            .unwrap_or_default();
+            let v =
+                Tensor::<B, 1, Int>::random([2], Distribution::Uniform(0.0, 2147483647.0), &device)
+                    .into_data()
+                    .convert::<i64>()
+                    .into_vec::<i64>()
+                    .unwrap_or_default();
             v.iter().fold(0u64, |acc, &v| (acc << 31) ^ v as u64)
         });
         let mut rng = ChaCha8Rng::seed_from_u64(seed);

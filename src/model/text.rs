@@ -200,9 +200,7 @@ impl<B: Backend> TextModel<B> {
         rope: &TextRope<B>,
         mask: Option<&Tensor<B, 4, Bool>>,
     ) -> Tensor<B, 3> {
-        self.layers
-            .iter()
-            .fold(x, |x, l| l.forward(x, rope, mask))
+        self.layers.iter().fold(x, |x, l| l.forward(x, rope, mask))
     }
 
     pub fn visit_linears(&self, f: &mut LinearVisit<'_, B>) {

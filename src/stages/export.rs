@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{DType, backend::Backend};
 use serde_json::json;
 
+use super::device::{CpuDtype, OnBackend, run_on_device};
 use crate::adapter::apply::apply_adapter;
 use crate::adapter::{AdapterConfig, PeftAdapter, read_peft_adapter, write_peft_adapter};
-use super::device::{CpuDtype, OnBackend, run_on_device};
 use crate::backend::DeviceKind;
 use crate::experiment::schema::{Common, ExportParams};
 use crate::export::hf_config::HeadSpec;
@@ -74,61 +74,6 @@ impl ExportStage {
     pub fn with_max_shard_bytes(mut self, bytes: u64) -> Self {
         self.max_shard_bytes = bytes.max(1);
         self
-    }
-
-    fn compute<B: Backend>(
-        &self,
-        ctx: &StageContext,
-        device: B::Device,
-        dtype: DType,
-    ) -> Result<(), StageError> {
-        let train = ctx
-            .upstream_of_kind("train")
-            .ok_or_else(|| input(format!("export stage `{}` needs a train stage", ctx.name)))?;
-        let adapter_dir = train_adapter_dir(&train.dir, &self.params.checkpoint).map_err(input)?;
-        let adapter = read_peft_adapter(&adapter_dir).map_err(|e| input(e.to_string()))?;
-        let say = |m: String| {
-            crate::report::table::print_above(ctx.progress, &m);
-        };
-        let mut written: Vec<String> = Vec::new();
-        if self.params.peft {
-            self.write_peft(&ctx.out_dir.join("peft"), &adapter)?;
-            written.push("peft/".into());
-        }
-        if self.params.merged {
-            let files =
-                self.write_merged_dir::<B>(&ctx.out_dir.join("merged"), &adapter, device, dtype)?;
-            written.extend(files.into_iter().map(|f| format!("merged/{f}")));
-        }
-        let summary = json!({
-            "adapter": adapter_dir.display().to_string(),
-            "checkpoint": self.params.checkpoint,
-            "base_model": base_model_name(&self.common.model),
-            "lora_modules": adapter.modules.len(),
-            "r": adapter.config.r,
-            "lora_alpha": adapter.config.lora_alpha,
-            "torch_dtype": model_dtype(&self.common.model.torch_dtype).map_err(input)?.1,
-            "files": written,
-        });
-        let path = ctx.out_dir.join("export.json");
-        std::fs::write(
-            &path,
-            serde_json::to_string_pretty(&summary).expect("JSON values serialize") + "\n",
-        )
-        .map_err(|e| StageError::Failed(anyhow::anyhow!("{}: {e}", path.display())))?;
-        if let Some(dest) = &self.params.output_dir {
-            let marker = format!("pipeline export stage `{}` key {}\n", ctx.name, ctx.key);
-            publish_copy(ctx.out_dir, Path::new(dest), &marker)
-                .map_err(|e| input(e.to_string()))?;
-            say(format!("[{}] copied to {dest}", ctx.name));
-        }
-        say(format!(
-            "[{}] exported {} LoRA modules from {}",
-            ctx.name,
-            adapter.modules.len(),
-            adapter_dir.display()
-        ));
-        Ok(())
     }
 
     /// The adapter as PEFT writes it, recording the base model and exact target regex.
@@ -302,6 +247,52 @@ impl OnBackend for ExportStage {
         (_, device): (DeviceKind, B::Device),
         dtype: DType,
     ) -> Result<(), StageError> {
-        self.compute::<B>(ctx, device, dtype)
+        let train = ctx
+            .upstream_of_kind("train")
+            .ok_or_else(|| input(format!("export stage `{}` needs a train stage", ctx.name)))?;
+        let adapter_dir = train_adapter_dir(&train.dir, &self.params.checkpoint).map_err(input)?;
+        let adapter = read_peft_adapter(&adapter_dir).map_err(|e| input(e.to_string()))?;
+        let say = |m: String| {
+            crate::report::table::print_above(ctx.progress, &m);
+        };
+        let mut written: Vec<String> = Vec::new();
+        if self.params.peft {
+            self.write_peft(&ctx.out_dir.join("peft"), &adapter)?;
+            written.push("peft/".into());
+        }
+        if self.params.merged {
+            let files =
+                self.write_merged_dir::<B>(&ctx.out_dir.join("merged"), &adapter, device, dtype)?;
+            written.extend(files.into_iter().map(|f| format!("merged/{f}")));
+        }
+        let summary = json!({
+            "adapter": adapter_dir.display().to_string(),
+            "checkpoint": self.params.checkpoint,
+            "base_model": base_model_name(&self.common.model),
+            "lora_modules": adapter.modules.len(),
+            "r": adapter.config.r,
+            "lora_alpha": adapter.config.lora_alpha,
+            "torch_dtype": model_dtype(&self.common.model.torch_dtype).map_err(input)?.1,
+            "files": written,
+        });
+        let path = ctx.out_dir.join("export.json");
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&summary).expect("JSON values serialize") + "\n",
+        )
+        .map_err(|e| StageError::Failed(anyhow::anyhow!("{}: {e}", path.display())))?;
+        if let Some(dest) = &self.params.output_dir {
+            let marker = format!("pipeline export stage `{}` key {}\n", ctx.name, ctx.key);
+            publish_copy(ctx.out_dir, Path::new(dest), &marker)
+                .map_err(|e| input(e.to_string()))?;
+            say(format!("[{}] copied to {dest}", ctx.name));
+        }
+        say(format!(
+            "[{}] exported {} LoRA modules from {}",
+            ctx.name,
+            adapter.modules.len(),
+            adapter_dir.display()
+        ));
+        Ok(())
     }
 }

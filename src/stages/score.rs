@@ -18,9 +18,9 @@ use burn::tensor::{DType, backend::Backend};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
+use super::device::{CpuDtype, OnBackend, run_on_device};
 use crate::adapter::apply::apply_adapter;
 use crate::adapter::read_peft_adapter;
-use super::device::{CpuDtype, OnBackend, run_on_device};
 use crate::backend::DeviceKind;
 use crate::data::record::{Record, load_split};
 use crate::experiment::schema::{Common, ScoreParams};
@@ -201,127 +201,6 @@ impl ScoreStage {
             }
         }
     }
-
-    fn compute<B: Backend>(
-        &self,
-        ctx: &StageContext,
-        device: B::Device,
-        dtype: DType,
-    ) -> Result<(), StageError> {
-        let split = self.load_split(ctx)?;
-        let (model, adapter_desc) = self.load_model::<B>(ctx, &device, dtype)?;
-        let tokenizer =
-            load_tokenizer(&model_source(&self.common)?).map_err(|e| input(e.to_string()))?;
-        let pad_id = SpecialTokens::from_tokenizer(&tokenizer)
-            .map_err(|e| input(e.to_string()))?
-            .pad;
-
-        let bar = ctx
-            .progress
-            .add(ProgressBar::new(split.records.len() as u64));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} samples ({per_sec}, eta {eta})",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(format!("{}: score", ctx.name));
-        let start = Instant::now();
-        let mut logits: Vec<Vec<f32>> = Vec::with_capacity(split.records.len());
-        for chunk in split.records.chunks(self.params.batch_size) {
-            let samples = chunk
-                .iter()
-                .map(|r| sample_inputs(r, &split.root, &model))
-                .collect::<Result<Vec<_>, _>>()?;
-            let refs: Vec<&SampleInputs> = samples.iter().collect();
-            let batch = collate::<B>(&refs, pad_id, PaddingSide::Left, &device);
-            let out = model.forward(&batch).map_err(|e| input(e.to_string()))?;
-            let [b, n] = out.dims();
-            let host: Vec<f32> = out
-                .into_data()
-                .convert::<f32>()
-                .into_vec()
-                .map_err(|e| failed(format!("{e:?}")))?;
-            logits.extend((0..b).map(|r| host[r * n..(r + 1) * n].to_vec()));
-            bar.inc(b as u64);
-        }
-        let seconds = start.elapsed().as_secs_f64();
-        bar.finish_and_clear();
-
-        let lines: Vec<ScoreLine> = split
-            .records
-            .iter()
-            .zip(&logits)
-            .map(|(r, z)| {
-                score_line(
-                    r.index,
-                    self.problem,
-                    z,
-                    r.label.as_ref(),
-                    r.images.iter().map(|i| i.source.clone()).collect(),
-                )
-            })
-            .collect();
-        write_scores(&ctx.out_dir.join("scores.jsonl"), &lines).map_err(failed)?;
-
-        let rows: Vec<_> = split
-            .records
-            .iter()
-            .zip(&logits)
-            .map(|(r, z)| (r.index, z.as_slice(), r.label.as_ref()))
-            .collect();
-        let metrics =
-            split_metrics(self.problem, self.common.task.num_labels, &rows).map_err(input)?;
-        let n = split.records.len();
-        let mut summary = json!({
-            "split": split.name,
-            "adapter": adapter_desc,
-            "num_samples": n,
-            "num_labelled": rows.iter().filter(|r| r.2.is_some()).count(),
-            "runtime": {"seconds": seconds, "samples_per_s": if seconds > 0.0 { n as f64 / seconds } else { 0.0 },
-                        "batch_size": self.params.batch_size},
-        });
-        if let Some(m) = &metrics {
-            merge_into(
-                &mut summary,
-                serde_json::to_value(m).expect("metrics serialize"),
-            );
-        }
-        let path = ctx.out_dir.join("metrics.json");
-        std::fs::write(
-            &path,
-            serde_json::to_string_pretty(&summary).expect("JSON values serialize") + "\n",
-        )
-        .map_err(failed)?;
-
-        let names = self.common.task.labels.as_deref();
-        let mut report = format!(
-            "score `{}`: {} samples of {} ({:.1} samples/s)\n",
-            ctx.name,
-            n,
-            split.name,
-            n as f64 / seconds.max(1e-9)
-        );
-        match &metrics {
-            Some(m) => {
-                report.push_str(&metrics_table(m, names));
-                if let Metrics::SingleLabel(s) = m {
-                    let title = format!("{}: acc {:.3}, n = {}", split.name, s.acc, s.num_samples);
-                    render_confusion(
-                        &ctx.out_dir.join("confusion.png"),
-                        &s.confusion,
-                        names,
-                        &title,
-                    )
-                    .map_err(failed)?;
-                }
-            }
-            None => report.push_str("no gold labels: scores only\n"),
-        }
-        crate::report::table::print_above(ctx.progress, report.trim_end());
-        Ok(())
-    }
 }
 
 /// Token ids and pixel rows of one record; its images are the resized PNGs of the
@@ -442,7 +321,13 @@ impl Stage for ScoreStage {
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let (dtype, _) = model_dtype(&self.common.model.torch_dtype).map_err(input)?;
-        run_on_device(self, ctx, &self.common.model.device, dtype, CpuDtype::F32For("scoring"))
+        run_on_device(
+            self,
+            ctx,
+            &self.common.model.device,
+            dtype,
+            CpuDtype::F32For("scoring"),
+        )
     }
 }
 
@@ -453,6 +338,118 @@ impl OnBackend for ScoreStage {
         (_, device): (DeviceKind, B::Device),
         dtype: DType,
     ) -> Result<(), StageError> {
-        self.compute::<B>(ctx, device, dtype)
+        let split = self.load_split(ctx)?;
+        let (model, adapter_desc) = self.load_model::<B>(ctx, &device, dtype)?;
+        let tokenizer =
+            load_tokenizer(&model_source(&self.common)?).map_err(|e| input(e.to_string()))?;
+        let pad_id = SpecialTokens::from_tokenizer(&tokenizer)
+            .map_err(|e| input(e.to_string()))?
+            .pad;
+
+        let bar = ctx
+            .progress
+            .add(ProgressBar::new(split.records.len() as u64));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} samples ({per_sec}, eta {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}: score", ctx.name));
+        let start = Instant::now();
+        let mut logits: Vec<Vec<f32>> = Vec::with_capacity(split.records.len());
+        for chunk in split.records.chunks(self.params.batch_size) {
+            let samples = chunk
+                .iter()
+                .map(|r| sample_inputs(r, &split.root, &model))
+                .collect::<Result<Vec<_>, _>>()?;
+            let refs: Vec<&SampleInputs> = samples.iter().collect();
+            let batch = collate::<B>(&refs, pad_id, PaddingSide::Left, &device);
+            let out = model.forward(&batch).map_err(|e| input(e.to_string()))?;
+            let [b, n] = out.dims();
+            let host: Vec<f32> = out
+                .into_data()
+                .convert::<f32>()
+                .into_vec()
+                .map_err(|e| failed(format!("{e:?}")))?;
+            logits.extend((0..b).map(|r| host[r * n..(r + 1) * n].to_vec()));
+            bar.inc(b as u64);
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+
+        let lines: Vec<ScoreLine> = split
+            .records
+            .iter()
+            .zip(&logits)
+            .map(|(r, z)| {
+                score_line(
+                    r.index,
+                    self.problem,
+                    z,
+                    r.label.as_ref(),
+                    r.images.iter().map(|i| i.source.clone()).collect(),
+                )
+            })
+            .collect();
+        write_scores(&ctx.out_dir.join("scores.jsonl"), &lines).map_err(failed)?;
+
+        let rows: Vec<_> = split
+            .records
+            .iter()
+            .zip(&logits)
+            .map(|(r, z)| (r.index, z.as_slice(), r.label.as_ref()))
+            .collect();
+        let metrics =
+            split_metrics(self.problem, self.common.task.num_labels, &rows).map_err(input)?;
+        let n = split.records.len();
+        let mut summary = json!({
+            "split": split.name,
+            "adapter": adapter_desc,
+            "num_samples": n,
+            "num_labelled": rows.iter().filter(|r| r.2.is_some()).count(),
+            "runtime": {"seconds": seconds, "samples_per_s": if seconds > 0.0 { n as f64 / seconds } else { 0.0 },
+                        "batch_size": self.params.batch_size},
+        });
+        if let Some(m) = &metrics {
+            merge_into(
+                &mut summary,
+                serde_json::to_value(m).expect("metrics serialize"),
+            );
+        }
+        let path = ctx.out_dir.join("metrics.json");
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&summary).expect("JSON values serialize") + "\n",
+        )
+        .map_err(failed)?;
+
+        let names = self.common.task.labels.as_deref();
+        let mut report = format!(
+            "score `{}`: {} samples of {} ({:.1} samples/s)\n",
+            ctx.name,
+            n,
+            split.name,
+            n as f64 / seconds.max(1e-9)
+        );
+        match &metrics {
+            Some(m) => {
+                report.push_str(&metrics_table(m, names));
+                if let Metrics::SingleLabel(s) = m {
+                    let title = format!("{}: acc {:.3}, n = {}", split.name, s.acc, s.num_samples);
+                    render_confusion(
+                        &ctx.out_dir.join("confusion.png"),
+                        &s.confusion,
+                        names,
+                        &title,
+                    )
+                    .map_err(failed)?;
+                }
+            }
+            None => report.push_str("no gold labels: scores only\n"),
+        }
+        crate::report::table::print_above(ctx.progress, report.trim_end());
+        Ok(())
     }
 }

@@ -7,9 +7,9 @@
 //! `train_curves.png`. Resumable: a rerun with the same key continues from the newest
 //! complete checkpoint in its output directory.
 
+use super::device::{CpuDtype, OnBackend, run_on_device};
 use crate::adapter::targets::{TargetModules, target_regex};
 use crate::adapter::{AdapterConfig, read_peft_adapter};
-use super::device::{CpuDtype, OnBackend, run_on_device};
 use crate::backend::DeviceKind;
 use crate::data::record::load_split;
 use crate::experiment::schema::{Common, TargetModules as RawTargets, TrainParams};
@@ -452,13 +452,11 @@ impl TrainStage {
         let val_ref = val_set
             .as_ref()
             .map(|v| v as &dyn crate::train::SampleSet<_>);
-        let (model, outcome) = train::<B, _, _>(
-            model, &train_set, val_ref, &spec, &opts, &device,
-        )
-        .map_err(|e| match e {
-            TrainError::Checkpoint(m) => input(m),
-            other => StageError::Failed(other.into()),
-        })?;
+        let (model, outcome) = train::<B, _, _>(model, &train_set, val_ref, &spec, &opts, &device)
+            .map_err(|e| match e {
+                TrainError::Checkpoint(m) => input(m),
+                other => StageError::Failed(other.into()),
+            })?;
         if let Some(from) = outcome.resumed_from {
             ctx.say(format!("[{}] resumed from checkpoint-{from}", ctx.name));
         }

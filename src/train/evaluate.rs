@@ -61,7 +61,11 @@ where
         }
         all
     } else {
-        groups.into_iter().map(run).collect::<anyhow::Result<Vec<_>>>()?.concat()
+        groups
+            .into_iter()
+            .map(run)
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .concat()
     };
     let (mut loss_sum, mut correct) = (0f64, 0usize);
     for (l, c) in &per_batch {

@@ -10,6 +10,7 @@
 //! the uninterrupted one on a deterministic backend (time fields of the log aside).
 
 use crate::adapter::AdapterConfig;
+use crate::model::lora::with_dropout_stream;
 use crate::train::TrainError;
 use crate::train::checkpoint::{self, BestMetric, TrainerState};
 use crate::train::classifier::{Classifier, PeftState, SampleSet};
@@ -20,11 +21,10 @@ use crate::train::metrics_log::{MetricsLog, Progress, finish_line, num};
 use crate::train::optimizer::{AdamW, AdamWConfig, clip_grad_norm};
 use crate::train::params::{self, PathTensors};
 use crate::train::schedule::{LrSchedule, ScheduleKind, warmup_steps};
-use crate::model::lora::with_dropout_stream;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use serde_json::{Map, Value};
 use rayon::prelude::*;
+use serde_json::{Map, Value};
 use std::path::Path;
 use std::time::Instant;
 
@@ -420,6 +420,10 @@ where
     ))
 }
 
+/// A finished shard: its model replica (to read the gradients by parameter path), its
+/// report and its gradients.
+type ShardDone<B, M> = Result<(M, MicroOut, <B as AutodiffBackend>::Gradients), TrainError>;
+
 /// What one micro-batch reports: its share of the step loss, host logits, label count.
 struct MicroOut {
     loss: f64,
@@ -463,15 +467,14 @@ where
         .map(|j| (j, M::from_inner(model.valid())))
         .collect();
     let scale = |n: usize| n_micro as f64 * samples.len() as f64 / n as f64;
-    let done: Vec<Result<(M, MicroOut, B::Gradients), TrainError>> = jobs
+    let done: Vec<ShardDone<B, M>> = jobs
         .into_par_iter()
         .map(|(j, replica)| {
             let range = j * len..((j + 1) * len).min(samples.len());
             let stream = micro_seed(seed, j, usize::MAX);
-            let logits = with_dropout_stream(stream, || {
-                replica.logits(&samples[range.clone()], device)
-            })
-            .map_err(TrainError::Model)?;
+            let logits =
+                with_dropout_stream(stream, || replica.logits(&samples[range.clone()], device))
+                    .map_err(TrainError::Model)?;
             let (out, g) = shard_backward::<B>(
                 logits,
                 &targets[range.clone()],

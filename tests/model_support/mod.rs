@@ -120,6 +120,16 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Relative L2 error `‖got − want‖ / ‖want‖` (an all-zero `want`, e.g. LoRA A's gradient
+/// at init, only matches an all-zero `got`).
+pub fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b).powi(2)).sum();
+    let den: f64 = want.iter().map(|b| b * b).sum::<f64>().max(1e-30);
+    assert!(num.is_finite(), "rel_l2: non-finite values");
+    (num / den).sqrt()
+}
+
 /// Assert `|a - b| ≤ tol` everywhere and return the max difference.
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) -> f64 {
     let d = max_abs_diff(got, want);
