@@ -68,7 +68,10 @@ impl Stage for TestStage {
         // The stage name without the variant (`r8-lr1e-4/train` → `train`).
         let stage = ctx.name.rsplit('/').next().unwrap_or(ctx.name);
         let threads = rayon::current_num_threads();
-        writeln!(log, "{stage} {} {threads}", ctx.device.unwrap_or("-")).unwrap();
+        // One write per line: stages log concurrently, and `writeln!` may split a line
+        // into several writes that interleave with other stages' lines.
+        let line = format!("{stage} {} {threads}\n", ctx.device.unwrap_or("-"));
+        log.write_all(line.as_bytes()).unwrap();
         let mut out = format!("{}\n", self.params);
         for (need, up) in ctx.inputs {
             let text = std::fs::read_to_string(up.dir.join("out.txt"))

@@ -76,7 +76,9 @@ impl Stage for FakeStage {
             .append(true)
             .open(&self.log)
             .unwrap();
-        writeln!(log, "{} {}", ctx.name, std::process::id()).unwrap();
+        // One write per line: concurrent stages' `writeln!` pieces could interleave.
+        let line = format!("{} {}\n", ctx.name, std::process::id());
+        log.write_all(line.as_bytes()).unwrap();
         std::fs::write(ctx.out_dir.join("started"), "").unwrap();
         std::thread::sleep(self.sleep);
         std::fs::write(ctx.out_dir.join("params.json"), self.params.to_string()).unwrap();
