@@ -24,9 +24,10 @@ use burn::tensor::{DType, Int, Tensor, TensorData, activation::log_softmax};
 use pipeline::backend::{CudaBackend, CudaDevice, cuda_available, cuda_probe};
 use pipeline::bench::workload::lora_spec;
 use pipeline::model::inputs::ModelInputs;
-use pipeline::model::weights::seeded_normal;
 use pipeline::model::{SeqClassifier, WeightsSource, load_classifier_from};
-use support::{Fixture, golden_dir, max_abs_diff, rel_l2, to_vec};
+use support::{
+    Fixture, attended_rows, golden_dir, max_abs_diff, rel_l2, to_vec, with_random_adapters,
+};
 
 type Flex = support::B;
 
@@ -126,14 +127,7 @@ fn golden_diffs<Bk: Backend>(dir: &str, dtype: DType, dev: &Bk::Device) -> Vec<(
         let x = batch::<Bk>(&inp, side, dev);
         let mask = inp.ints(&format!("attention_mask_{side}"));
         let want = gold.values(&format!("{side}.last_hidden_state"));
-        let h = want.len() / mask.len();
-        let keep = |v: &[f64]| -> Vec<f64> {
-            v.chunks(h)
-                .zip(&mask)
-                .filter(|(_, m)| **m == 1)
-                .flat_map(|(r, _)| r.to_vec())
-                .collect()
-        };
+        let keep = |v: &[f64]| attended_rows(v, &mask);
         let got = to_vec(model.last_hidden_state(&x).unwrap());
         push(format!("{side}.last_hidden_state"), keep(&got), keep(&want));
         let logits = model.forward(&x).unwrap();
@@ -190,26 +184,7 @@ fn train_step<Bk: Backend>(dtype: DType, dev: &Bk::Device) -> Step {
     let mut spec = lora_spec(8, false);
     spec.dropout = 0.0;
     let base = load::<A<Bk>>("tiny_a", dtype, dev);
-    let shapes: Vec<(String, [usize; 2], [usize; 2])> = base
-        .clone()
-        .apply_lora(&spec, 0)
-        .unwrap()
-        .lora_weights()
-        .into_iter()
-        .map(|(n, a, b)| (n, a.dims(), b.dims()))
-        .collect();
-    let adapters = shapes
-        .into_iter()
-        .map(|(n, da, db)| {
-            let t = |label: &str, d: [usize; 2]| {
-                let v = seeded_normal(3, &format!("{label}:{n}"), d[0] * d[1], 0.05);
-                Tensor::<A<Bk>, 2>::from_data(TensorData::new(v, d), (dev, DType::F32))
-            };
-            let (a, b) = (t("A", da), t("B", db));
-            (n, a, b)
-        })
-        .collect();
-    let model = base.load_lora_weights(&spec, adapters, None).unwrap();
+    let model = with_random_adapters(base, &spec, 3, dev);
     let inp = Fixture::open("inputs.safetensors");
     let x = batch::<A<Bk>>(&inp, "right", dev);
     let b = x.input_ids.dims()[0];

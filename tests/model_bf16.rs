@@ -18,9 +18,8 @@ use burn::tensor::{DType, Tensor, TensorData};
 use pipeline::bench::workload::{bench_sample, lora_spec};
 use pipeline::model::inputs::{PaddingSide, collate};
 use pipeline::model::presets::preset_config;
-use pipeline::model::weights::seeded_normal;
 use pipeline::model::{SeqClassifier, WeightsSource, load_classifier_from};
-use support::{B, rel_l2, to_vec};
+use support::{B, rel_l2, to_vec, with_random_adapters};
 
 type AB = Autodiff<B>;
 
@@ -36,26 +35,7 @@ fn model(dtype: DType) -> SeqClassifier<AB> {
         load_classifier_from::<AB>(WeightsSource::Preset("tiny"), 11, dtype, 0, &device).unwrap();
     let mut spec = lora_spec(8, false);
     spec.dropout = 0.0;
-    let names: Vec<(String, [usize; 2], [usize; 2])> = base
-        .clone()
-        .apply_lora(&spec, 0)
-        .unwrap()
-        .lora_weights()
-        .into_iter()
-        .map(|(n, a, b)| (n, a.dims(), b.dims()))
-        .collect();
-    let adapters = names
-        .into_iter()
-        .map(|(n, da, db)| {
-            let t = |label: &str, d: [usize; 2]| {
-                let v = seeded_normal(7, &format!("{label}:{n}"), d[0] * d[1], 0.05);
-                Tensor::<AB, 2>::from_data(TensorData::new(v, d), (&device, DType::F32))
-            };
-            let (a, b) = (t("A", da), t("B", db));
-            (n, a, b)
-        })
-        .collect();
-    base.load_lora_weights(&spec, adapters, None).unwrap()
+    with_random_adapters(base, &spec, 7, &device)
 }
 
 /// Logits, loss and the gradients of every trainable tensor (score first, then A/B in module

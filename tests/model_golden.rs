@@ -9,7 +9,7 @@ use pipeline::model::inputs::ModelInputs;
 use pipeline::model::processor::pixel_rows;
 use pipeline::model::vision::VisionPlan;
 use pipeline::model::{SeqClassifier, WeightsSource, load_classifier_from};
-use support::{B, Fixture, assert_close, golden_dir, to_vec};
+use support::{B, Fixture, assert_close, attended_rows, golden_dir, to_vec};
 
 const TOL: f64 = 1e-4;
 
@@ -113,14 +113,7 @@ fn check_text(model: &SeqClassifier<B>, gold: &Fixture, inp: &Fixture, side: &st
     let mask = inp.ints(&format!("attention_mask_{side}"));
     let hidden = to_vec(model.last_hidden_state(&inputs).unwrap());
     let want = gold.values(&format!("{side}.last_hidden_state"));
-    let h = want.len() / mask.len();
-    let keep = |v: &[f64]| -> Vec<f64> {
-        v.chunks(h)
-            .zip(&mask)
-            .filter(|(_, m)| **m == 1)
-            .flat_map(|(r, _)| r.to_vec())
-            .collect()
-    };
+    let keep = |v: &[f64]| attended_rows(v, &mask);
     assert_close(
         &format!("{side} last hidden state"),
         &keep(&hidden),

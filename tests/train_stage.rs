@@ -1,15 +1,17 @@
 //! The train stage end to end on the tiny fixture model (tests/fixtures/train/model) and a
 //! generated 6-image dataset entry, and its one-line input errors.
 
+#[path = "score_support/mod.rs"]
+mod support;
+
 use pipeline::adapter::peft::WEIGHTS_FILE;
 use pipeline::adapter::read_peft_state;
 use pipeline::adapter::targets::TargetModules;
 use pipeline::data::record::{Label, Record, RecordImage};
-use pipeline::experiment::schema::{Common, ModelSpec, TaskSpec, TrainParams};
-use pipeline::graph::{Stage, StageContext, StageError, Upstream};
+use pipeline::experiment::schema::{Common, TrainParams};
+use pipeline::graph::{Stage, StageError};
 use pipeline::stages::train::TrainStage;
 use pipeline::train::safetensors_io;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
@@ -17,21 +19,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn common(num_labels: usize, model_dir: &Path) -> Common {
-    Common {
-        model: ModelSpec {
-            preset: None,
-            path: Some(model_dir.display().to_string()),
-            torch_dtype: "float32".into(),
-            device: "cpu".into(),
-        },
-        task: TaskSpec {
-            task_type: "seq_cls".into(),
-            num_labels,
-            problem_type: None,
-            labels: None,
-        },
-        seed: 42,
-    }
+    support::common_for(model_dir, num_labels, None)
 }
 
 /// Train params from TOML lines (on top of ms-swift defaults).
@@ -83,25 +71,7 @@ fn dataset(dir: &Path, val: bool) {
 
 /// Run `stage` with `data_dir` as its dataset upstream, output in `out`.
 fn run(stage: &TrainStage, data_dir: &Path, out: &Path) -> Result<(), StageError> {
-    let inputs = BTreeMap::from([(
-        "data".to_string(),
-        Upstream {
-            kind: "dataset".into(),
-            key: "d".into(),
-            dir: data_dir.to_path_buf(),
-        },
-    )]);
-    let progress =
-        indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
-    let ctx = StageContext {
-        name: "train",
-        key: "k",
-        out_dir: out,
-        inputs: &inputs,
-        device: None,
-        progress: &progress,
-    };
-    stage.run(&ctx)
+    support::run_stage(stage, "train", out, &[("data", "dataset", data_dir)])
 }
 
 fn input_error(r: Result<impl std::fmt::Debug, StageError>) -> String {

@@ -57,11 +57,7 @@ impl ExportStage {
         if let Some(dir) = &params.output_dir {
             check_writable(Path::new(dir)).map_err(|e| input(e.to_string()))?;
         }
-        model_source(common)?;
-        model_dtype(&common.model.torch_dtype).map_err(input)?;
-        let problem =
-            ProblemType::resolve(common.task.problem_type.as_deref(), common.task.num_labels)
-                .map_err(|e| input(e.to_string()))?;
+        let problem = super::model_stage_problem(common)?;
         Ok(Self {
             params,
             common: common.clone(),

@@ -4,6 +4,7 @@
 
 use crate::experiment::{Common, StageParams, StageSpec};
 use crate::graph::{Stage, StageError};
+use crate::report::scores::ProblemType;
 
 pub mod dataset;
 mod device;
@@ -19,4 +20,13 @@ pub fn build(spec: &StageSpec, common: &Common) -> Result<Box<dyn Stage>, StageE
         StageParams::Export(p) => Box::new(export::ExportStage::new(p.clone(), common)?),
         StageParams::Score(p) => Box::new(score::ScoreStage::new(p.clone(), common)?),
     })
+}
+
+/// Plan-time checks of a stage that loads the model (export, score): the `[model]` source
+/// and dtype are valid. Returns the task's resolved problem type.
+fn model_stage_problem(common: &Common) -> Result<ProblemType, StageError> {
+    dataset::model_source(common)?;
+    crate::export::source::model_dtype(&common.model.torch_dtype).map_err(StageError::Input)?;
+    ProblemType::resolve(common.task.problem_type.as_deref(), common.task.num_labels)
+        .map_err(|e| StageError::Input(e.to_string()))
 }

@@ -93,11 +93,7 @@ impl ScoreStage {
         {
             return Err(input(format!("score: dataset {d} does not exist")));
         }
-        model_source(common)?;
-        model_dtype(&common.model.torch_dtype).map_err(input)?;
-        let problem =
-            ProblemType::resolve(common.task.problem_type.as_deref(), common.task.num_labels)
-                .map_err(|e| input(e.to_string()))?;
+        let problem = super::model_stage_problem(common)?;
         Ok(Self {
             params,
             common: common.clone(),

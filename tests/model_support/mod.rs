@@ -120,6 +120,17 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// The rows of `v` (`[batch·seq, hidden]`, flattened) whose attention `mask` is 1: padded
+/// positions of a hidden state are unspecified.
+pub fn attended_rows(v: &[f64], mask: &[i64]) -> Vec<f64> {
+    let h = v.len() / mask.len();
+    v.chunks(h)
+        .zip(mask)
+        .filter(|(_, m)| **m == 1)
+        .flat_map(|(r, _)| r.to_vec())
+        .collect()
+}
+
 /// Relative L2 error `‖got − want‖ / ‖want‖` (an all-zero `want`, e.g. LoRA A's gradient
 /// at init, only matches an all-zero `got`).
 pub fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
@@ -138,4 +149,40 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) -> f64 {
     assert!(d <= tol, "{what}: max |diff| {d:e} > {tol:e}");
     assert!(d.is_finite(), "{what}: non-finite");
     d
+}
+
+/// `base` with LoRA adapters of `spec` (`spec.dropout` as given) where A and B are both drawn
+/// from normal(0, 0.05) streams keyed by `seed`, in f32, so every LoRA branch and every A/B
+/// gradient is non-zero (PEFT's init, B = 0, would hide errors in the branch).
+pub fn with_random_adapters<Bk: Backend>(
+    base: pipeline::model::SeqClassifier<Bk>,
+    spec: &pipeline::model::lora::LoraSpec,
+    seed: u64,
+    dev: &Bk::Device,
+) -> pipeline::model::SeqClassifier<Bk> {
+    let shapes: Vec<(String, [usize; 2], [usize; 2])> = base
+        .clone()
+        .apply_lora(spec, 0)
+        .unwrap()
+        .lora_weights()
+        .into_iter()
+        .map(|(n, a, b)| (n, a.dims(), b.dims()))
+        .collect();
+    let adapters = shapes
+        .into_iter()
+        .map(|(n, da, db)| {
+            let t = |label: &str, d: [usize; 2]| {
+                let v = pipeline::model::weights::seeded_normal(
+                    seed,
+                    &format!("{label}:{n}"),
+                    d[0] * d[1],
+                    0.05,
+                );
+                Tensor::<Bk, 2>::from_data(TensorData::new(v, d), (dev, DType::F32))
+            };
+            let (a, b) = (t("A", da), t("B", db));
+            (n, a, b)
+        })
+        .collect();
+    base.load_lora_weights(spec, adapters, None).unwrap()
 }
