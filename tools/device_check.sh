@@ -5,7 +5,7 @@
 #
 # after `bash tools/device_prep.sh` here. Runs, each under its own time cap so the whole stays
 # under ~9.5 minutes:
-#   1. the CUDA parity tests (tests/cuda_parity.rs) of the tuned build (plain if absent)
+#   1. the CUDA parity tests (tests/it/cuda_parity.rs) of the tuned build (plain if absent)
 #   2. our bench, 7B workload, bf16, train + eval (examples/bench), same build
 #   3. tools/bench/torch_baseline.py --size 7b --device cuda, without and with --grad-ckpt
 #   4. if time is left: our bench with the other build, then its parity tests
@@ -35,7 +35,7 @@ parity() {
     local v=$1 t=$2
     [ -x "$W/cuda_parity-$v" ] || return 0
     echo "== cuda_parity ($v)" >> "$OUT/parity.log"
-    PIPELINE_CUDA_TESTS=1 timeout "$(cap "$t")" "$W/cuda_parity-$v" --test-threads=1 --nocapture \
+    timeout "$(cap "$t")" "$W/cuda_parity-$v" cuda_parity --include-ignored --test-threads=1 --nocapture \
         >> "$OUT/parity.log" 2>&1
     note "parity $v: rc=$? ($(grep '^test result' "$OUT/parity.log" | tail -1))"
 }

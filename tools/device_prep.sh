@@ -23,11 +23,11 @@ for variant in ${VARIANTS:-plain tuned}; do
     fi
     cp target/release/examples/bench ".device/bench-$variant"
     # The test binary's path carries a hash: ask cargo for it.
-    test_bin=$(cargo test --release "${features[@]}" --test cuda_parity --no-run --message-format=json 2>/dev/null \
+    test_bin=$(cargo test --release "${features[@]}" --test it --no-run --message-format=json 2>/dev/null \
         | python3 -c 'import json,sys
 for l in sys.stdin:
     d = json.loads(l)
-    if d.get("reason") == "compiler-artifact" and d["target"]["name"] == "cuda_parity" and d.get("executable"):
+    if d.get("reason") == "compiler-artifact" and d["target"]["name"] == "it" and d.get("executable"):
         print(d["executable"])')
     cp "$test_bin" ".device/cuda_parity-$variant"
 done

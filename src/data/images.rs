@@ -6,7 +6,7 @@
 //! 16-bit files follow PIL too: 16-bit RGB(A) keeps the high byte; 16-bit gray opens as
 //! `I;16`, which `.convert('RGB')` clips to 255. The `image` crate never applies EXIF
 //! orientation on its own. JPEG decoding (zune-jpeg) may differ from libjpeg-turbo by a
-//! few levels at edges (measured in `tests/data_resize.rs`).
+//! few levels at edges (measured in `tests/it/data_reference.rs`).
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};

@@ -17,7 +17,7 @@
 //!
 //! `image::imageops::resize` with CatmullRom is the same kernel but float arithmetic and
 //! no 8-bit intermediate; it differs from Pillow by up to a few levels. This version
-//! matches Pillow 13 exactly (`tests/data_reference.rs`: max abs difference 0).
+//! matches Pillow 13 exactly (`tests/it/data_reference.rs`: max abs difference 0).
 
 use image::RgbImage;
 use rayon::prelude::*;

@@ -15,7 +15,7 @@
 //!
 //! Tokenizing the whole string with special tokens recognised gives the same ids as
 //! SWIFT's piecewise encoding, since added tokens split the text before pre-tokenization
-//! (checked against transformers in `tests/data_tokenize.rs`).
+//! (checked against transformers in `tests/it/data_reference.rs`).
 
 use tokenizers::Tokenizer;
 

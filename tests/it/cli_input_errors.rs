@@ -1,7 +1,7 @@
 //! Bad input through the real binary: exit status 2 and exactly one `error:` line that
 //! names `file:line:column`, the dotted key and the valid choices — never a panic.
 
-mod common;
+use crate::common;
 
 use common::{EXPERIMENT, project, run_cli};
 

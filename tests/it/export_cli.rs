@@ -3,7 +3,7 @@
 //! the exported PEFT directory given as `adapter` does too; `checkpoint = "best"` picks the
 //! checkpoint the train stage named; `output_dir` receives a marked copy.
 
-mod score_support;
+use crate::score_support;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! stand-in stage kind: plan explanations, cache hits and their speed, sweep summaries,
 //! and real processes (killed mid-stage, or racing for the same entry).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command};
@@ -199,7 +199,7 @@ fn spawn_child(dir: &Path, sleep_ms: u64) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "child_run",
+            "runner_end_to_end::child_run",
             "--include-ignored",
             "--nocapture",
             "--test-threads=1",

@@ -5,10 +5,10 @@
 //! not, f32 or bf16.
 //!
 //! Regenerate after a format change:
-//!   cargo test --release --test export_interop -- --ignored regenerate_ours
+//!   cargo test --release --test it export_interop::regenerate_ours -- --ignored
 //!   python3 tools/fixtures/gen_interop.py ours
 
-mod score_support;
+use crate::score_support;
 
 use std::path::Path;
 

@@ -3,7 +3,7 @@
 //! images that do not); a PEFT adapter directory scores with PEFT's; a dataset file is
 //! preprocessed like the dataset stage; wrong inputs fail with clear messages.
 
-mod score_support;
+use crate::score_support;
 
 use std::path::Path;
 

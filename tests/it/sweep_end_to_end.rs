@@ -3,7 +3,7 @@
 //! eval and a checkpoint after each, and a score stage. Shared dataset stage, summary
 //! against each variant's own log, reruns, an interrupted sweep resumed, `--variant`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! the data. The binary's scores match transformers; a rerun is served from the cache; a
 //! split that does not exist is an input error (exit 2).
 
-mod score_support;
+use crate::score_support;
 
 use std::path::Path;
 use std::process::Output;

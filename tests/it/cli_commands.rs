@@ -1,7 +1,7 @@
 //! `gc`, `show` and `sweep --emit slurm` through the real binary, on `runs/` trees laid
 //! out by hand (these commands need no stage kinds).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

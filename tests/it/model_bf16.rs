@@ -10,8 +10,7 @@
 //! Observed on this preset (Flex, 2 threads): logits 1.01e-2, loss 9.5e-4, worst gradient
 //! 2.2e-2 (a layer-2 `q_proj.lora_A`); the bounds are ~3× those.
 
-#[path = "model_support/mod.rs"]
-mod support;
+use crate::model_support as support;
 
 use burn::backend::Autodiff;
 use burn::tensor::{DType, Tensor, TensorData};

@@ -1,7 +1,6 @@
 //! Checkpoint loading: errors name the tensor, bf16 loading, seeded initialisation.
 
-#[path = "model_support/mod.rs"]
-mod support;
+use crate::model_support as support;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! `target_modules`) load onto our model and give PEFT's logits; adapters that do not fit
 //! are refused with the first mismatch named. References: `tools/fixtures/gen_interop.py`.
 
-mod score_support;
+use crate::score_support;
 
 use pipeline::adapter::apply::apply_adapter;
 use pipeline::adapter::keys::KeyLayout;

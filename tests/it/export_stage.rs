@@ -2,7 +2,7 @@
 //! `peft/` holds the chosen adapter in PEFT's format, `merged/` a checkpoint our loader
 //! reads back with the adapter's logits, `output_dir` is written only when it is ours.
 
-mod score_support;
+use crate::score_support;
 
 use std::path::{Path, PathBuf};
 

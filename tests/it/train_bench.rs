@@ -4,7 +4,7 @@
 //! tokens) in a 57-token prompt, LoRA r16 on every LLM and ViT block linear + score, an
 //! AdamW step per sample. Ignored by default (timing, not correctness):
 //!
-//!     cargo test --release --test train_bench -- --ignored --nocapture
+//!     cargo test --release --test it train_bench -- --ignored --nocapture
 
 use burn::backend::Autodiff;
 use burn::tensor::DType;
@@ -23,7 +23,7 @@ use pipeline::train::{InMemorySet, RunOptions, TrainSpec, train};
 type AD = Autodiff<CpuBackend>;
 
 #[test]
-#[ignore]
+#[ignore = "a timing benchmark, not a check: run with --ignored --nocapture"]
 fn train_step_throughput_tiny() {
     let device = Default::default();
     let model: SeqClassifier<AD> =

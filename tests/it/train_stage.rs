@@ -1,8 +1,7 @@
 //! The train stage end to end on the tiny fixture model (tests/fixtures/train/model) and a
 //! generated 6-image dataset entry, and its one-line input errors.
 
-#[path = "score_support/mod.rs"]
-mod support;
+use crate::score_support as support;
 
 use pipeline::adapter::peft::WEIGHTS_FILE;
 use pipeline::adapter::read_peft_state;

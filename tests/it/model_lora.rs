@@ -2,8 +2,7 @@
 //! the merged export, the dense reference `x·(W + s·B·A)ᵀ + b`, target selection, freezing
 //! and gradients under Autodiff.
 
-#[path = "model_support/mod.rs"]
-mod support;
+use crate::model_support as support;
 
 use burn::backend::Autodiff;
 use burn::tensor::{DType, Tensor, TensorData};

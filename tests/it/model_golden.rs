@@ -1,8 +1,7 @@
 //! The Burn model against transformers 4.57.1 (fixtures from tools/fixtures/gen_golden.py):
 //! every intermediate within 1e-4 absolute in f32 on the CPU backend.
 
-#[path = "model_support/mod.rs"]
-mod support;
+use crate::model_support as support;
 
 use burn::tensor::{DType, Tensor, TensorData};
 use pipeline::model::inputs::ModelInputs;
