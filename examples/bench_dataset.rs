@@ -110,6 +110,7 @@ fn main() -> anyhow::Result<()> {
             out_dir: tmp.path(),
             inputs: &inputs,
             device: None,
+            devices: &[],
             progress: &progress,
         };
         let t0 = Instant::now();

@@ -176,6 +176,10 @@ pub struct TrainParams {
     /// Seed for the per-epoch shuffle (ms-swift's data_seed).
     #[serde(default = "default_seed")]
     pub data_seed: u64,
+    /// Data-parallel replicas, one per device of the pool (ms-swift's `NPROC_PER_NODE`):
+    /// each takes `per_device_train_batch_size` samples of every micro-batch.
+    #[serde(default = "default_one")]
+    pub nproc_per_node: usize,
 }
 
 /// `target_modules`: the string `all-linear`, a regex string, or a list of module names.
@@ -285,6 +289,10 @@ pub struct ScoreParams {
     pub adapter: Option<String>,
     #[serde(default = "default_score_batch")]
     pub batch_size: usize,
+    /// Replicas the batches are spread over, one per device of the pool (`NPROC_PER_NODE`
+    /// of `swift infer`); the scores do not depend on it.
+    #[serde(default = "default_one")]
+    pub nproc_per_node: usize,
 }
 
 fn default_split() -> String {

@@ -112,6 +112,7 @@ fn train(
         };
         c.ensure(v >= 1, &["stages", name, k], || format!("{k} must be ≥ 1"))?;
     }
+    nproc(c, name, p.nproc_per_node)?;
     c.ensure(
         p.max_steps == -1 || p.max_steps >= 1,
         &at("max_steps"),
@@ -191,6 +192,70 @@ fn train(
     Ok(p)
 }
 
+fn nproc(c: &Check, name: &str, n: usize) -> Result<()> {
+    c.ensure(n >= 1, &["stages", name, "nproc_per_node"], || {
+        "nproc_per_node must be ≥ 1 (replicas, one per device)".into()
+    })
+}
+
+/// Why `n` replicas cannot run on `pool` (a run's device slots), to follow `key = n`; None
+/// when they can. The pool must hold them, be of one kind, and on GPUs split into groups of
+/// `n` with none left idle. (A CPU pool the scheduler makes always fits: it offers as
+/// many slots as the largest group needs.)
+pub fn replica_pool_problem(n: usize, pool: &[String]) -> Option<String> {
+    let shown = format!("the device pool has {} ({})", pool.len(), pool.join(", "));
+    let cpu = pool.iter().filter(|d| d.as_str() == "cpu").count();
+    if n == 0 {
+        Some(format!("must be ≥ 1; {shown}"))
+    } else if n == 1 {
+        None
+    } else if n > pool.len() {
+        Some(format!("but {shown}"))
+    } else if cpu != 0 && cpu != pool.len() {
+        Some(format!(
+            "needs one kind of device, but {shown} mixing the CPU and GPUs"
+        ))
+    } else if cpu == 0 && pool.len() % n != 0 {
+        Some(format!(
+            "does not divide {shown}: {} would stay idle; use a divisor of {} or list the devices to use in `devices`",
+            pool.len() % n,
+            pool.len()
+        ))
+    } else {
+        None
+    }
+}
+
+/// `nproc_per_node` of the stages against the pool the file fixes: `devices`, else a
+/// `[model] device` naming one GPU (an `auto` or CPU pool is checked when a run starts).
+pub(crate) fn check_replica_pools(
+    c: &Check,
+    stages: &[(String, StageParams)],
+    devices: &[String],
+    model_device: &str,
+) -> Result<()> {
+    let pool: Vec<String> = match (devices, model_device) {
+        ([], "cuda" | "gpu") => vec!["cuda:0".into()],
+        ([], d) if d.starts_with("cuda:") => vec![d.to_string()],
+        ([], _) => return Ok(()),
+        (listed, _) => listed.to_vec(),
+    };
+    for (name, p) in stages {
+        let n = match p {
+            StageParams::Train(t) => t.nproc_per_node,
+            StageParams::Score(s) => s.nproc_per_node,
+            _ => continue,
+        };
+        if let Some(why) = replica_pool_problem(n, &pool) {
+            return Err(c.err(
+                &["stages", name, "nproc_per_node"],
+                format!("nproc_per_node = {n} {why}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn positive(c: &Check, path: &[&str], v: f64) -> Result<()> {
     let field = path.last().copied().unwrap_or_default();
     c.ensure(v.is_finite() && v > 0.0, path, || {
@@ -255,6 +320,7 @@ fn score(
     c.ensure(p.batch_size >= 1, &at("batch_size"), || {
         "batch_size must be ≥ 1".into()
     })?;
+    nproc(c, name, p.nproc_per_node)?;
     let train = train_of(&p.needs, stages);
     if p.checkpoint != "last" || train.is_some() {
         check_best(c, &at("checkpoint"), &p.checkpoint, train, datasets)?;

@@ -13,7 +13,7 @@ use super::parse::{Sections, read_sections};
 use super::schema::{Common, DatasetParams, ModelSpec, TaskSpec};
 use super::source::Source;
 use super::spec::{Experiment, StageParams, StageSpec};
-use super::stage_rules::check_stage;
+use super::stage_rules::{check_replica_pools, check_stage};
 
 /// Built-in model presets (`model::presets::PRESETS` in the model layer).
 pub const MODEL_PRESETS: [&str; 3] = ["qwen2.5-vl-3b", "qwen2.5-vl-7b", "tiny"];
@@ -83,6 +83,7 @@ pub(crate) fn validate(src: &Source, root: &Table, file: &Path) -> Result<Experi
             check_stage(&c, name, params.clone(), &stages, &datasets)?,
         ));
     }
+    check_replica_pools(&c, &checked, &devices, &model.device)?;
     let stages = order
         .iter()
         .map(|n| {

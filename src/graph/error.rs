@@ -54,6 +54,9 @@ pub enum ExecError {
         /// Whether every failure was an input error.
         all_input: bool,
     },
+    /// A stage cannot run on this run's device pool (checked before anything runs): exit 2.
+    #[error("stage `{stage}`: {message}")]
+    Devices { stage: String, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -70,7 +73,7 @@ impl ExecError {
     /// Exit status: 2 for bad input (unknown stage, `StageError::Input`), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            ExecError::UnknownForce { .. } => 2,
+            ExecError::UnknownForce { .. } | ExecError::Devices { .. } => 2,
             ExecError::StageFailed { all_input, .. } => {
                 if *all_input {
                     2

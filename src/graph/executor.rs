@@ -73,18 +73,32 @@ pub fn execute(
     let t0 = Instant::now();
     let forced = forced_nodes(plan, opts)?;
     let progress = Progress::new(multi);
-    let device_bound = plan
+    let need: Vec<usize> = plan
         .graph
         .node_indices()
-        .map(|i| plan.graph[i].stage.uses_device())
+        .map(|i| {
+            let stage = &plan.graph[i].stage;
+            if stage.uses_device() {
+                stage.device_slots().max(1)
+            } else {
+                0
+            }
+        })
         .collect();
-    let slots = device_slots(&plan.devices, &plan.model_device, opts.jobs, visible_gpus);
-    let mut sched = Scheduler::new(&plan.graph, &plan.order, device_bound, &slots, opts.jobs);
+    let group = need.iter().copied().max().unwrap_or(1);
+    let slots = device_slots(
+        &plan.devices,
+        &plan.model_device,
+        (opts.jobs, group),
+        visible_gpus,
+    );
+    check_pool(plan, &need, &slots)?;
+    let mut sched = Scheduler::new(&plan.graph, &plan.order, need, &slots, opts.jobs);
     let total_threads = rayon::current_num_threads();
     let mut report = RunReport::default();
     let mut failures: Vec<(String, StageError)> = Vec::new();
     let mut checked: BTreeSet<NodeIndex> = BTreeSet::new();
-    let (tx, rx) = mpsc::channel::<(NodeIndex, Option<usize>, Result<Outcome, StageError>)>();
+    let (tx, rx) = mpsc::channel::<(NodeIndex, Vec<usize>, Result<Outcome, StageError>)>();
 
     std::thread::scope(|scope| {
         loop {
@@ -104,19 +118,20 @@ pub fn execute(
                         Err(e) => {
                             progress.line(&format!("✗ {}: {e}", node.label()));
                             failures.push((node.label(), StageError::Failed(e.into())));
-                            sched.start(idx, None);
-                            sched.finish(idx, None, false);
+                            sched.start(idx, &[]);
+                            sched.finish(idx, &[], false);
                             progressed = true;
                             break;
                         }
                     }
                 }
-                let Some(slot) = sched.fits(idx) else {
+                let Some(held) = sched.fits(idx) else {
                     continue;
                 };
-                sched.start(idx, slot);
+                sched.start(idx, &held);
                 progressed = true;
-                let device = slot.and_then(|s| sched.slot_device(s));
+                let devices: Vec<String> =
+                    held.iter().filter_map(|&s| sched.slot_device(s)).collect();
                 // Stages that will run beside this one (those ready but waiting too).
                 let width = (sched.running() + sched.ready().len()).min(opts.jobs);
                 let threads = thread_share(total_threads, width);
@@ -124,8 +139,8 @@ pub fn execute(
                 std::thread::Builder::new()
                     .name(STAGE_THREAD.into())
                     .spawn_scoped(scope, move || {
-                        let r = run_node(plan, store, idx, force, device, threads, progress);
-                        let _ = tx.send((idx, slot, r));
+                        let r = run_node(plan, store, idx, force, &devices, threads, progress);
+                        let _ = tx.send((idx, held, r));
                     })
                     .expect("spawn a stage thread");
             }
@@ -135,23 +150,23 @@ pub fn execute(
             if sched.running() == 0 {
                 break;
             }
-            let (idx, slot, result) = rx.recv().expect("a worker is running");
+            let (idx, held, result) = rx.recv().expect("a worker is running");
             let label = plan.graph[idx].label();
             match result {
                 Ok(Outcome::Computed(d)) => {
                     progress.line(&format!("✓ {label} done in {}", human_duration(d)));
                     report.computed.push(label);
-                    sched.finish(idx, slot, true);
+                    sched.finish(idx, &held, true);
                 }
                 Ok(Outcome::CachedMeanwhile) => {
                     progress.line(&format!("✓ {label} cached (computed by another run)"));
                     report.cached += 1;
-                    sched.finish(idx, slot, true);
+                    sched.finish(idx, &held, true);
                 }
                 Err(e) => {
                     progress.line(&format!("✗ {label} failed: {}", one_line(&e)));
                     failures.push((label, e));
-                    sched.finish(idx, slot, false);
+                    sched.finish(idx, &held, false);
                 }
             }
         }
@@ -171,6 +186,33 @@ pub fn execute(
         more,
         all_input,
     })
+}
+
+/// Every device-bound stage can run on `pool`: its own rules (`Stage::check_pool`), and at
+/// least as many slots as it holds, else it would wait forever.
+fn check_pool(plan: &Plan, need: &[usize], pool: &[String]) -> Result<(), ExecError> {
+    for i in plan.graph.node_indices() {
+        let node = &plan.graph[i];
+        let k = need[i.index()];
+        if k == 0 {
+            continue;
+        }
+        let refused = |message: String| ExecError::Devices {
+            stage: node.label(),
+            message,
+        };
+        node.stage
+            .check_pool(pool)
+            .map_err(|e| refused(e.to_string()))?;
+        if k > pool.len() {
+            return Err(refused(format!(
+                "needs {k} devices but the pool has {} ({})",
+                pool.len(),
+                pool.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn forced_nodes(plan: &Plan, opts: &RunOptions) -> Result<BTreeSet<NodeIndex>, ExecError> {
@@ -238,7 +280,7 @@ fn run_node(
     store: &Store,
     idx: NodeIndex,
     forced: bool,
-    device: Option<String>,
+    devices: &[String],
     threads: Option<usize>,
     progress: &Progress,
 ) -> Result<Outcome, StageError> {
@@ -293,7 +335,8 @@ fn run_node(
         key: &node.key,
         out_dir: &partial,
         inputs: &inputs,
-        device: device.as_deref(),
+        device: devices.first().map(String::as_str),
+        devices,
         progress: progress.multi,
     };
     // A pool of its own when the cores are shared; its threads carry the stage thread
@@ -305,10 +348,11 @@ fn run_node(
             .build()
             .ok()
     });
-    let mut on = device
-        .as_deref()
-        .map(|d| format!(" on {d}"))
-        .unwrap_or_default();
+    let mut on = if devices.is_empty() {
+        String::new()
+    } else {
+        format!(" on {}", devices.join(", "))
+    };
     if let Some(p) = &pool {
         let n = p.current_num_threads();
         on.push_str(&format!(" ({n} thread{})", if n == 1 { "" } else { "s" }));

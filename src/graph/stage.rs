@@ -26,8 +26,12 @@ pub struct StageContext<'a> {
     pub out_dir: &'a Path,
     /// Upstream artifacts by upstream stage name.
     pub inputs: &'a BTreeMap<String, Upstream>,
-    /// Device chosen by the scheduler for this stage (`cpu`, `cuda:0`), if it pins one.
+    /// Device chosen by the scheduler for this stage (`cpu`, `cuda:0`), if it pins one:
+    /// the first of `devices`.
     pub device: Option<&'a str>,
+    /// Every device slot the scheduler handed this stage (`Stage::device_slots` of them,
+    /// in pool order; empty when it pins none).
+    pub devices: &'a [String],
     /// Shared progress area (add bars to it; never print directly while bars are live).
     pub progress: &'a indicatif::MultiProgress,
 }
@@ -76,6 +80,17 @@ pub trait Stage: Send + Sync {
     /// device in `StageContext::device`. By default the kinds that run the model.
     fn uses_device(&self) -> bool {
         matches!(self.kind(), "train" | "export" | "score")
+    }
+    /// How many device slots a device-bound stage holds while it runs (several for work
+    /// spread over devices); they all come in `StageContext::devices`.
+    fn device_slots(&self) -> usize {
+        1
+    }
+    /// Whether the stage can run on `pool`, the device slots of this run. Asked of every
+    /// device-bound stage before anything runs; an `Input` error names the setting at fault.
+    fn check_pool(&self, pool: &[String]) -> Result<(), StageError> {
+        let _ = pool;
+        Ok(())
     }
     /// Whether a crashed run may continue from what it left in `out_dir` (checkpoints).
     /// Otherwise the executor empties `out_dir` before `run`.

@@ -31,6 +31,8 @@ pub(crate) struct TestStage {
     inputs: Vec<PathBuf>,
     log: PathBuf,
     behavior: Behavior,
+    /// Device slots it holds (a train stage's `nproc_per_node`).
+    slots: usize,
     /// (stage name, start, end) of each run, for overlap checks.
     spans: Arc<Mutex<Vec<(String, Instant, Instant)>>>,
     input_calls: Arc<Mutex<BTreeMap<&'static str, usize>>>,
@@ -58,6 +60,9 @@ impl Stage for TestStage {
     fn resumable(&self) -> bool {
         matches!(self.behavior, Behavior::FailOnceThenResume)
     }
+    fn device_slots(&self) -> usize {
+        self.slots
+    }
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let start = Instant::now();
         let mut log = std::fs::OpenOptions::new()
@@ -70,7 +75,11 @@ impl Stage for TestStage {
         let threads = rayon::current_num_threads();
         // One write per line: stages log concurrently, and `writeln!` may split a line
         // into several writes that interleave with other stages' lines.
-        let line = format!("{stage} {} {threads}\n", ctx.device.unwrap_or("-"));
+        let devices = match ctx.devices {
+            [] => "-".to_string(),
+            d => d.join(","),
+        };
+        let line = format!("{stage} {devices} {threads}\n");
         log.write_all(line.as_bytes()).unwrap();
         let mut out = format!("{}\n", self.params);
         for (need, up) in ctx.inputs {
@@ -162,6 +171,10 @@ impl Kit {
 
     pub fn factory(&self) -> Box<StageFactory<'_>> {
         Box::new(move |spec: &StageSpec, _common: &Common| {
+            let slots = match &spec.params {
+                StageParams::Train(p) => p.nproc_per_node,
+                _ => 1,
+            };
             let (kind, params, inputs) = match &spec.params {
                 StageParams::Dataset(p) => (
                     "dataset",
@@ -190,6 +203,7 @@ impl Kit {
                     .get(&spec.name)
                     .cloned()
                     .unwrap_or(Behavior::Ok),
+                slots,
                 spans: self.spans.clone(),
                 input_calls: self.input_calls.clone(),
             }) as Box<dyn Stage>)

@@ -535,6 +535,69 @@ fn on_the_cpu_jobs_are_device_slots_that_split_the_cores() {
 }
 
 #[test]
+fn data_parallel_trainings_hold_a_group_of_devices_each() {
+    // 8 devices, 4 trainings of nproc_per_node = 2: all four at once, each on its own
+    // pair; export and score take one device each.
+    let devices: Vec<String> = (0..8).map(|i| format!("\"cuda:{i}\"")).collect();
+    let text = format!(
+        "{}{SWEEP}",
+        BASE.replacen(
+            "seed = 42",
+            &format!("seed = 42\ndevices = [{}]", devices.join(", ")),
+            1
+        )
+        .replacen("lora_rank = 8", "lora_rank = 8\nnproc_per_node = 2", 1)
+    );
+    let env = Env::new();
+    let kit = Kit::new(env.path()).with("train", Behavior::Sleep(Duration::from_millis(400)));
+    env.run(&text, &kit, &RunOptions { jobs: 8, ..opts() })
+        .unwrap();
+    let text_log = std::fs::read_to_string(&kit.log).unwrap();
+    let groups: Vec<Vec<String>> = text_log
+        .lines()
+        .filter(|l| l.starts_with("train "))
+        .map(|l| l.split(' ').nth(1).unwrap().split(',').map(String::from).collect())
+        .collect();
+    assert_eq!(groups.len(), 4);
+    assert!(groups.iter().all(|g| g.len() == 2), "{groups:?}");
+    // Started side by side, the four pairs are disjoint.
+    let mut all: Vec<&String> = groups.iter().flatten().collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 8, "{groups:?}");
+    let spans = kit.spans.lock().unwrap().clone();
+    let trains: Vec<_> = spans.iter().filter(|(n, _, _)| n == "train").collect();
+    let most = trains
+        .iter()
+        .map(|(_, s, _)| trains.iter().filter(|(_, a, b)| a <= s && s < b).count())
+        .max()
+        .unwrap();
+    assert_eq!(most, 4, "four trainings at once");
+
+    // More replicas than the pool holds: refused before anything runs, exit 2.
+    let env = Env::new();
+    let text = BASE.replacen("lora_rank = 8", "lora_rank = 8\nnproc_per_node = 2", 1);
+    let kit = Kit::new(env.path());
+    let loaded = env.load(&text);
+    let variants: Vec<&Variant> = loaded.variants.iter().collect();
+    let plan = Plan::build(
+        loaded.name(),
+        &variants,
+        &["cuda:0".to_string()],
+        &env.store,
+        &*kit.factory(),
+    )
+    .unwrap();
+    let err = execute(&plan, &env.store, &opts(), &quiet()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stage `train`: needs 2 devices but the pool has 1 (cuda:0)"
+    );
+    assert_eq!(err.exit_code(), 2);
+    assert_eq!(kit.count("data"), 0, "nothing ran");
+}
+
+#[test]
 fn planning_reads_input_files_through_the_stat_cache() {
     let env = Env::new();
     let kit = Kit::new(env.path());

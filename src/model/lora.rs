@@ -7,7 +7,7 @@
 
 use burn::module::{Module, Param, ParamId};
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::{DType, Distribution, Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{DType, Distribution, Int, IntDType, Tensor, TensorData, backend::Backend};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -157,7 +157,8 @@ pub fn with_dropout_stream<R>(seed: u64, f: impl FnOnce() -> R) -> R {
 /// the mask is drawn on the host with ChaCha8 (u32 per element), seeded from this thread's
 /// dropout stream when one is set, else from the backend RNG so `B::seed` still makes runs
 /// reproducible: Flex's per-element `Bernoulli` sampling through StdRng was ~13% of a LoRA
-/// train step of the tiny preset. Other backends draw on the device.
+/// train step of the tiny preset. Other backends draw on the device: from the thread's
+/// stream with [`hashed_keep_mask`], else from the backend RNG.
 pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, p: f64) -> Tensor<B, D> {
     let device = x.device();
     if p <= 0.0 || !B::ad_enabled(&device) {
@@ -166,7 +167,10 @@ pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, p: f64) -> Tensor<B,
     let keep = 1.0 - p;
     let dims = x.dims();
     let stream = DROPOUT_STREAM.with(|s| s.borrow_mut().as_mut().map(|r| r.next_u64()));
-    let mask = if stream.is_some() || B::name(&device).contains("flex") {
+    let flex = B::name(&device).contains("flex");
+    let mask = if let (Some(key), false) = (stream, flex) {
+        hashed_keep_mask::<B, D>(dims, keep, key, &device)
+    } else if stream.is_some() || flex {
         let seed = stream.unwrap_or_else(|| {
             let v =
                 Tensor::<B, 1, Int>::random([2], Distribution::Uniform(0.0, 2147483647.0), &device)
@@ -196,6 +200,49 @@ pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, p: f64) -> Tensor<B,
     };
     let dtype = x.dtype();
     x * mask.cast(dtype)
+}
+
+/// The inverted-dropout mask of [`dropout`] computed on the device from `key` (one draw
+/// of a dropout stream): element `i` is kept when `hash(i, key) < keep · 2³²` and then
+/// scaled by `1 / keep`. The hash is murmur3's 32-bit finaliser with the key's halves mixed
+/// in, in u32 arithmetic (wrapping, defined on every backend). A pure function of
+/// `(key, i)`, unlike the backend RNG (one per process, drawn when a kernel launches), so
+/// replicas on several GPUs each draw their own reproducible masks, without a lock.
+pub fn hashed_keep_mask<B: Backend, const D: usize>(
+    dims: [usize; D],
+    keep: f64,
+    key: u64,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let n: usize = dims.iter().product();
+    let c = |v: u32| Tensor::<B, 1, Int>::from_data(TensorData::new(vec![v], [1]), (device, DType::U32));
+    let shift_xor = |h: Tensor<B, 1, Int>, by: u32| h.clone().bitwise_xor(h.bitwise_right_shift(c(by)));
+    let mut h = Tensor::<B, 1, Int>::arange(0..n as i64, device).cast(IntDType::U32);
+    h = h.bitwise_xor(c(key as u32)).mul(c(HASH_MUL[0]));
+    h = shift_xor(h, 16).mul(c(HASH_MUL[1]));
+    h = shift_xor(h, 13).bitwise_xor(c((key >> 32) as u32)).mul(c(HASH_MUL[2]));
+    h = shift_xor(h, 16);
+    h.lower(c(keep_threshold(keep)))
+        .float()
+        .mul_scalar(1.0 / keep)
+        .reshape(dims)
+}
+
+/// Multipliers of [`hashed_keep_mask`] (golden ratio, then murmur3's finaliser constants).
+const HASH_MUL: [u32; 3] = [0x9E37_79B1, 0x85EB_CA6B, 0xC2B2_AE35];
+
+fn keep_threshold(keep: f64) -> u32 {
+    (keep * 4294967296.0).min(u32::MAX as f64) as u32
+}
+
+/// [`hashed_keep_mask`]'s keep decision for element `i`, on the host (the reference the
+/// device version is tested against).
+pub fn hashed_keep(i: u32, keep: f64, key: u64) -> bool {
+    let sx = |h: u32, by: u32| h ^ (h >> by);
+    let mut h = (i ^ key as u32).wrapping_mul(HASH_MUL[0]);
+    h = sx(h, 16).wrapping_mul(HASH_MUL[1]);
+    h = (sx(h, 13) ^ (key >> 32) as u32).wrapping_mul(HASH_MUL[2]);
+    sx(h, 16) < keep_threshold(keep)
 }
 
 /// Which linear layers get an adapter.
@@ -320,6 +367,27 @@ pub fn derive_seed(seed: u64, label: &str) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_masks_follow_the_host_hash() {
+        type B = crate::backend::CpuBackend;
+        let device = Default::default();
+        let (keep, key) = (0.9, 0x0123_4567_89AB_CDEF_u64);
+        let mask = hashed_keep_mask::<B, 2>([37, 53], keep, key, &device)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let scale = (1.0 / keep) as f32;
+        let want: Vec<f32> = (0..37 * 53)
+            .map(|i| if hashed_keep(i, keep, key) { scale } else { 0.0 })
+            .collect();
+        assert_eq!(mask, want);
+        // About `keep` of the elements survive, and another key draws another mask.
+        let kept = want.iter().filter(|&&v| v > 0.0).count() as f64 / want.len() as f64;
+        assert!((kept - keep).abs() < 0.03, "{kept}");
+        let other = (0..37 * 53u32).filter(|&i| hashed_keep(i, keep, key + 1) != hashed_keep(i, keep, key));
+        assert!(other.count() > 100);
+    }
 
     fn names() -> Vec<String> {
         [

@@ -16,6 +16,19 @@ pub(crate) trait OnBackend {
         on: (DeviceKind, B::Device),
         dtype: DType,
     ) -> Result<(), StageError>;
+
+    /// With every device the scheduler handed the stage (`StageContext::devices`, at least
+    /// one, all of kind `on.0`): stages that spread over replicas override it; by default
+    /// the first device.
+    fn run_on_all<B: Backend>(
+        &self,
+        ctx: &StageContext,
+        (kind, devices): (DeviceKind, Vec<B::Device>),
+        dtype: DType,
+    ) -> Result<(), StageError> {
+        let first = devices.into_iter().next().expect("at least one device");
+        self.run_on::<B>(ctx, (kind, first), dtype)
+    }
 }
 
 /// How a stage treats a bf16 `torch_dtype` on the CPU.
@@ -28,8 +41,8 @@ pub(crate) enum CpuDtype {
     Keep,
 }
 
-/// Resolve `setting` (a scheduler pin in `ctx.device` wins), say what was chosen, and run
-/// `job` on that backend.
+/// Resolve `setting` (the scheduler's pins in `ctx.devices` win), say what was chosen, and
+/// run `job` on that backend, with every pinned device.
 pub(crate) fn run_on_device(
     job: &impl OnBackend,
     ctx: &StageContext,
@@ -37,9 +50,34 @@ pub(crate) fn run_on_device(
     dtype: DType,
     cpu: CpuDtype,
 ) -> Result<(), StageError> {
-    let spec = ctx.device.unwrap_or(setting);
-    let (kind, why) = resolve_device(spec).map_err(|e| StageError::Input(e.to_string()))?;
-    ctx.say(format!("[{}] {why}", ctx.name));
+    let specs: Vec<&str> = match ctx.devices {
+        [] => vec![ctx.device.unwrap_or(setting)],
+        pinned => pinned.iter().map(String::as_str).collect(),
+    };
+    let mut kinds = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        let (kind, why) = resolve_device(spec).map_err(|e| StageError::Input(e.to_string()))?;
+        if kinds.is_empty() {
+            ctx.say(format!("[{}] {why}", ctx.name));
+        }
+        kinds.push(kind);
+    }
+    let kind = kinds[0];
+    if kinds.iter().any(|k| (*k == DeviceKind::Cpu) != (kind == DeviceKind::Cpu)) {
+        return Err(StageError::Input(format!(
+            "devices {} mix the CPU and GPUs; one stage runs on one kind",
+            specs.join(", ")
+        )));
+    }
+    if kinds.len() > 1 {
+        let on: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
+        ctx.say(format!(
+            "[{}] {} replicas on {}",
+            ctx.name,
+            kinds.len(),
+            on.join(", ")
+        ));
+    }
     match kind {
         DeviceKind::Cpu => {
             let dtype = match cpu {
@@ -53,11 +91,22 @@ pub(crate) fn run_on_device(
                 CpuDtype::F32For(_) => DType::F32,
                 CpuDtype::Keep => dtype,
             };
-            job.run_on::<CpuBackend>(ctx, (kind, Default::default()), dtype)
+            let devices = vec![Default::default(); kinds.len()];
+            job.run_on_all::<CpuBackend>(ctx, (kind, devices), dtype)
         }
-        DeviceKind::Cuda(i) => {
-            let device = burn::backend::cuda::CudaDevice::new(i);
-            job.run_on::<CudaBackend>(ctx, (kind, device), dtype)
+        DeviceKind::Cuda(_) => {
+            let devices = kinds.iter().filter_map(|k| k.cuda_device()).collect();
+            job.run_on_all::<CudaBackend>(ctx, (kind, devices), dtype)
         }
+    }
+}
+
+/// The pool rules of `key = n` replicas (the train and score stages' `nproc_per_node`), as
+/// one line naming the key, `n` and the pool: at most the pool, one kind of device, and on
+/// GPUs a divisor of the pool so that no device is left idle.
+pub(crate) fn check_replica_pool(key: &str, n: usize, pool: &[String]) -> Result<(), StageError> {
+    match crate::experiment::replica_pool_problem(n, pool) {
+        None => Ok(()),
+        Some(why) => Err(StageError::Input(format!("{key} = {n} {why}"))),
     }
 }

@@ -14,11 +14,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::module::Module;
 use burn::tensor::{DType, backend::Backend};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-use super::device::{CpuDtype, OnBackend, run_on_device};
+use super::device::{CpuDtype, OnBackend, check_replica_pool, run_on_device};
 use crate::adapter::apply::apply_adapter;
 use crate::adapter::read_peft_adapter;
 use crate::backend::DeviceKind;
@@ -36,6 +37,7 @@ use crate::report::scores::{ProblemType, ScoreLine, score_line, split_metrics, w
 use crate::report::table::metrics_table;
 use crate::stages::dataset::model_source;
 use crate::stages::export::model_weight_files;
+use crate::train::spread::{Spread, map_batches};
 
 mod file_data;
 
@@ -77,6 +79,9 @@ impl ScoreStage {
         }
         if params.batch_size == 0 {
             return Err(input("score: batch_size must be ≥ 1"));
+        }
+        if params.nproc_per_node == 0 {
+            return Err(input("score: nproc_per_node must be ≥ 1"));
         }
         if let Some(a) = &params.adapter
             && !Path::new(a)
@@ -231,6 +236,51 @@ fn sample_inputs<B: Backend>(
     Ok(sample)
 }
 
+/// Logit rows of one batch of records, left-padded as ms-swift pads at inference.
+fn score_batch<B: Backend>(
+    model: &SeqClassifier<B>,
+    records: &[Record],
+    root: &Path,
+    pad_id: u32,
+    device: &B::Device,
+) -> Result<Vec<Vec<f32>>, StageError> {
+    let samples = records
+        .iter()
+        .map(|r| sample_inputs(r, root, model))
+        .collect::<Result<Vec<_>, _>>()?;
+    let refs: Vec<&SampleInputs> = samples.iter().collect();
+    let batch = collate::<B>(&refs, pad_id, PaddingSide::Left, device);
+    let out = model.forward(&batch).map_err(|e| input(e.to_string()))?;
+    let [b, n] = out.dims();
+    let host: Vec<f32> = out
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .map_err(|e| failed(format!("{e:?}")))?;
+    Ok((0..b).map(|r| host[r * n..(r + 1) * n].to_vec()).collect())
+}
+
+/// `n` copies of `model`, replica `r` on `devices[r]` (all on `devices[0]` when the stage
+/// was given one device); a copy on the model's own device shares its weights.
+fn replica_copies<B: Backend>(
+    model: SeqClassifier<B>,
+    devices: &[B::Device],
+    n: usize,
+) -> Vec<(SeqClassifier<B>, B::Device)> {
+    let home = devices[0].clone();
+    (0..n)
+        .map(|r| {
+            let d = devices.get(r).unwrap_or(&home).clone();
+            let m = if d == home {
+                model.clone()
+            } else {
+                model.clone().to_device(&d)
+            };
+            (m, d)
+        })
+        .collect()
+}
+
 /// Whether a model directory's safetensors hold `score.weight` (headers only).
 fn checkpoint_has_score(dir: &Path) -> bool {
     let Ok(files) = model_weight_files(dir) else {
@@ -315,6 +365,14 @@ impl Stage for ScoreStage {
         &["dataset"]
     }
 
+    fn device_slots(&self) -> usize {
+        self.params.nproc_per_node.max(1)
+    }
+
+    fn check_pool(&self, pool: &[String]) -> Result<(), StageError> {
+        check_replica_pool("nproc_per_node", self.params.nproc_per_node, pool)
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let (dtype, _) = model_dtype(&self.common.model.torch_dtype).map_err(input)?;
         run_on_device(
@@ -331,10 +389,22 @@ impl OnBackend for ScoreStage {
     fn run_on<B: Backend>(
         &self,
         ctx: &StageContext,
-        (_, device): (DeviceKind, B::Device),
+        (kind, device): (DeviceKind, B::Device),
+        dtype: DType,
+    ) -> Result<(), StageError> {
+        self.run_on_all::<B>(ctx, (kind, vec![device]), dtype)
+    }
+
+    /// The batches (those of one device, so the same scores) spread over one model copy per
+    /// device: side by side on the rayon pool on the CPU, a thread per GPU.
+    fn run_on_all<B: Backend>(
+        &self,
+        ctx: &StageContext,
+        (kind, devices): (DeviceKind, Vec<B::Device>),
         dtype: DType,
     ) -> Result<(), StageError> {
         let split = self.load_split(ctx)?;
+        let device = devices[0].clone();
         let (model, adapter_desc) = self.load_model::<B>(ctx, &device, dtype)?;
         let tokenizer =
             load_tokenizer(&model_source(&self.common)?).map_err(|e| input(e.to_string()))?;
@@ -354,23 +424,25 @@ impl OnBackend for ScoreStage {
         );
         bar.set_prefix(format!("{}: score", ctx.name));
         let start = Instant::now();
+        let n_replicas = self.params.nproc_per_node.max(1);
+        let workers = replica_copies(model, &devices, n_replicas);
+        let spread = match (kind, workers.len()) {
+            (_, 1) => Spread::Serial,
+            (DeviceKind::Cpu, _) => Spread::Pool,
+            (DeviceKind::Cuda(_), _) => Spread::Threads,
+        };
+        let chunks: Vec<&[Record]> = split.records.chunks(self.params.batch_size).collect();
+        let per_batch = map_batches(&workers, chunks.len(), spread, |model, device, i| {
+            let rows = score_batch(model, chunks[i], &split.root, pad_id, device);
+            if let Ok(r) = &rows {
+                bar.inc(r.len() as u64);
+            }
+            Ok(rows)
+        })
+        .map_err(failed)?;
         let mut logits: Vec<Vec<f32>> = Vec::with_capacity(split.records.len());
-        for chunk in split.records.chunks(self.params.batch_size) {
-            let samples = chunk
-                .iter()
-                .map(|r| sample_inputs(r, &split.root, &model))
-                .collect::<Result<Vec<_>, _>>()?;
-            let refs: Vec<&SampleInputs> = samples.iter().collect();
-            let batch = collate::<B>(&refs, pad_id, PaddingSide::Left, &device);
-            let out = model.forward(&batch).map_err(|e| input(e.to_string()))?;
-            let [b, n] = out.dims();
-            let host: Vec<f32> = out
-                .into_data()
-                .convert::<f32>()
-                .into_vec()
-                .map_err(|e| failed(format!("{e:?}")))?;
-            logits.extend((0..b).map(|r| host[r * n..(r + 1) * n].to_vec()));
-            bar.inc(b as u64);
+        for rows in per_batch {
+            logits.extend(rows?);
         }
         let seconds = start.elapsed().as_secs_f64();
         bar.finish_and_clear();
@@ -406,7 +478,7 @@ impl OnBackend for ScoreStage {
             "num_samples": n,
             "num_labelled": rows.iter().filter(|r| r.2.is_some()).count(),
             "runtime": {"seconds": seconds, "samples_per_s": if seconds > 0.0 { n as f64 / seconds } else { 0.0 },
-                        "batch_size": self.params.batch_size},
+                        "batch_size": self.params.batch_size, "nproc_per_node": self.params.nproc_per_node},
         });
         if let Some(m) = &metrics {
             merge_into(

@@ -7,7 +7,7 @@
 //! `train_curves.png`. Resumable: a rerun with the same key continues from the newest
 //! complete checkpoint in its output directory.
 
-use super::device::{CpuDtype, OnBackend, run_on_device};
+use super::device::{CpuDtype, OnBackend, check_replica_pool, run_on_device};
 use crate::adapter::targets::{TargetModules, target_regex};
 use crate::adapter::{AdapterConfig, read_peft_adapter};
 use crate::backend::DeviceKind;
@@ -22,7 +22,9 @@ use crate::train::optimizer::AdamWConfig;
 use crate::train::params::count_params;
 use crate::train::schedule::ScheduleKind;
 use crate::train::seq_cls::{PIXEL_CACHE_BYTES, RecordSet, pixel_bytes, target_of};
-use crate::train::{PeftState, RunOptions, TrainError, TrainSpec, outputs, train};
+use crate::train::shards::{aligned, shard_len};
+use crate::train::spread::Spread;
+use crate::train::{PeftState, RunOptions, TrainError, TrainSpec, outputs, train_replicated};
 use burn::backend::Autodiff;
 use burn::tensor::DType;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -76,6 +78,7 @@ impl TrainStage {
             ("per_device_eval_batch_size", p.per_device_eval_batch_size),
             ("save_steps", p.save_steps),
             ("logging_steps", p.logging_steps),
+            ("nproc_per_node", p.nproc_per_node),
         ] {
             if v == 0 {
                 return Err(input(format!("{name} must be at least 1")));
@@ -173,7 +176,8 @@ impl TrainStage {
             best_metric,
             data_seed: p.data_seed,
             seed: common.seed,
-            shards: 1,
+            shards: CPU_SHARDS,
+            replicas: p.nproc_per_node.max(1),
         };
         let lora = LoraSpec {
             r: p.lora_rank,
@@ -224,11 +228,19 @@ impl Stage for TrainStage {
 
     /// Every train param except `needs` (the upstream keys already cover it), plus what of
     /// `[model]`/`[task]` changes the weights. `device` is left out: it changes speed, not
-    /// the algorithm.
+    /// the algorithm. So is the replica count: the key holds the global batch
+    /// (`per_device_train_batch_size × nproc_per_node`, as one device would take it), which
+    /// fixes the result; so a training stopped on 2 devices continues on 1 from its
+    /// checkpoints, and a finished one is reused.
     fn params(&self) -> serde_json::Value {
         let mut train = serde_json::to_value(&self.params).unwrap_or_default();
         if let Some(o) = train.as_object_mut() {
             o.remove("needs");
+            o.remove("nproc_per_node");
+            o.insert(
+                "per_device_train_batch_size".into(),
+                self.spec.global_batch_size().into(),
+            );
         }
         let m = &self.common.model;
         serde_json::json!({
@@ -260,6 +272,14 @@ impl Stage for TrainStage {
         true
     }
 
+    fn device_slots(&self) -> usize {
+        self.spec.replicas
+    }
+
+    fn check_pool(&self, pool: &[String]) -> Result<(), StageError> {
+        check_replica_pool("nproc_per_node", self.spec.replicas, pool)
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let dtype = dtype_of(&self.common.model.torch_dtype)?;
         run_on_device(
@@ -279,12 +299,42 @@ impl OnBackend for TrainStage {
         (kind, device): (DeviceKind, B::Device),
         dtype: DType,
     ) -> Result<(), StageError> {
-        let shards = match kind {
-            DeviceKind::Cpu => CPU_SHARDS,
-            DeviceKind::Cuda(_) => 1,
-        };
-        self.train_on::<Autodiff<B>>(ctx, device, dtype, shards)
+        self.run_on_all::<B>(ctx, (kind, vec![device]), dtype)
     }
+
+    fn run_on_all<B: Backend>(
+        &self,
+        ctx: &StageContext,
+        (kind, devices): (DeviceKind, Vec<B::Device>),
+        dtype: DType,
+    ) -> Result<(), StageError> {
+        let n = self.spec.replicas;
+        // Unpinned (no scheduler): every replica on the one configured device.
+        let devices = match devices.len() {
+            1 if n > 1 => vec![devices[0].clone(); n],
+            k if k == n => devices,
+            k => {
+                return Err(input(format!(
+                    "nproc_per_node = {n} but the stage was given {k} devices"
+                )));
+            }
+        };
+        let placement = Placement {
+            shards: shards_for(kind),
+            spread: match kind {
+                DeviceKind::Cpu => Spread::Pool,
+                DeviceKind::Cuda(_) => Spread::Threads,
+            },
+        };
+        self.train_on::<Autodiff<B>>(ctx, &devices, dtype, placement)
+    }
+}
+
+/// How a training is laid out on its backend.
+struct Placement {
+    /// `TrainSpec::shards`.
+    shards: usize,
+    spread: Spread,
 }
 
 /// `config.json` and the safetensors weights (index + shards, or one file) of a model dir.
@@ -328,24 +378,45 @@ fn checkpoint_score_rows(dir: &Path) -> Option<usize> {
     None
 }
 
-/// Concurrent shards of a micro-batch on the CPU (`TrainSpec::shards`): a fixed number, so
-/// a run's numbers do not depend on the core count. Two cores run two shards at a time;
-/// four balance shards of unequal sequence length and keep four cores busy.
+/// Shards of a global micro-batch on the CPU (`TrainSpec::shards`), run side by side: a
+/// fixed number, so a run's numbers do not depend on the core count. Two cores run two
+/// shards at a time; four balance shards of unequal sequence length and keep four cores
+/// busy. They line up with the replicas (the result does not depend on `nproc_per_node`)
+/// when `ceil(global batch / 4)` divides the per-device batch, e.g. 1×8, 2×4, 4×2.
 const CPU_SHARDS: usize = 4;
+
+/// Shards of a global micro-batch on GPUs, run one after another on each replica's device:
+/// eight, so the shards of `ceil(global batch / 8)` samples line up with 1, 2, 4 or 8
+/// replicas whenever 8 divides the global batch (each replica's samples are whole shards),
+/// and each shard draws its own dropout masks: the result does not depend on
+/// `nproc_per_node`. A replica's activations are those of one shard at a time.
+const CUDA_SHARDS: usize = 8;
+
+/// `TrainSpec::shards` of a training on `kind`.
+pub fn shards_for(kind: DeviceKind) -> usize {
+    match kind {
+        DeviceKind::Cpu => CPU_SHARDS,
+        DeviceKind::Cuda(_) => CUDA_SHARDS,
+    }
+}
 
 impl TrainStage {
     fn train_on<B: AutodiffBackend>(
         &self,
         ctx: &StageContext,
-        device: B::Device,
+        devices: &[B::Device],
         dtype: DType,
-        shards: usize,
+        placement: Placement,
     ) -> Result<(), StageError> {
         let num_labels = self.spec.num_labels;
+        let device = devices[0].clone();
         let spec = TrainSpec {
-            shards,
+            shards: placement.shards,
             ..self.spec.clone()
         };
+        if let Some(note) = replica_note(&spec) {
+            ctx.say(format!("[{}] {note}", ctx.name));
+        }
         let data = ctx
             .upstream_of_kind("dataset")
             .ok_or_else(|| input(format!("stage {:?} needs a dataset stage", ctx.name)))?;
@@ -452,7 +523,8 @@ impl TrainStage {
         let val_ref = val_set
             .as_ref()
             .map(|v| v as &dyn crate::train::SampleSet<_>);
-        let (model, outcome) = train::<B, _, _>(model, &train_set, val_ref, &spec, &opts, &device)
+        let on = (devices, placement.spread);
+        let (model, outcome) = train_replicated::<B, _, _>(model, &train_set, val_ref, &spec, &opts, on)
             .map_err(|e| match e {
                 TrainError::Checkpoint(m) => input(m),
                 other => StageError::Failed(other.into()),
@@ -479,6 +551,27 @@ impl TrainStage {
         }
         Ok(())
     }
+}
+
+/// The data-parallel layout of a training with replicas, for the terminal; and a warning
+/// when its shards do not line up with them (the result then differs from one device's).
+fn replica_note(spec: &TrainSpec) -> Option<String> {
+    let n = spec.replicas;
+    if n <= 1 {
+        return None;
+    }
+    let (global, b) = (spec.global_batch_size(), spec.train_batch_size);
+    let len = shard_len(global, spec.shards);
+    let mut note = format!(
+        "{n} replicas × {b} samples: global batch {global} × {} accumulation steps, shards of {len}",
+        spec.grad_accum
+    );
+    if !aligned(len, b) {
+        note.push_str(&format!(
+            "; {len} does not divide per_device_train_batch_size {b}, so the shards (and dropout draws) differ from nproc_per_node = 1 at this global batch"
+        ));
+    }
+    Some(note)
 }
 
 /// Start from an existing PEFT adapter (either transformers key layout, e.g. an ms-swift

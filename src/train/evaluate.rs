@@ -5,7 +5,7 @@
 use crate::train::classifier::{Classifier, SampleSet};
 use crate::train::loss::{self, Problem, Target};
 use burn::tensor::backend::Backend;
-use rayon::prelude::*;
+use crate::train::spread::{Spread, map_batches};
 use std::time::Instant;
 
 /// Metrics of one pass over a split.
@@ -36,37 +36,35 @@ where
     M: Classifier<B, S>,
     S: Sync,
 {
+    let spread = if parallel {
+        Spread::Pool
+    } else {
+        Spread::Serial
+    };
+    evaluate_on::<B, M, S>(&[(model.clone(), device.clone())], set, batch, problem, spread)
+}
+
+/// [`evaluate`] with the batches spread over `replicas` (a model copy and its device each):
+/// the same batches as on one device, so the same result.
+pub fn evaluate_on<B, M, S>(
+    replicas: &[(M, B::Device)],
+    set: &dyn SampleSet<S>,
+    batch: usize,
+    problem: Problem,
+    spread: Spread,
+) -> anyhow::Result<EvalResult>
+where
+    B: Backend,
+    M: Classifier<B, S>,
+    S: Sync,
+{
     let start = Instant::now();
     let n = set.len();
-    let starts: Vec<usize> = (0..n).step_by(batch.max(1)).collect();
-    let threads = if parallel {
-        rayon::current_num_threads().clamp(1, starts.len().max(1))
-    } else {
-        1
-    };
-    let per = starts.len().div_ceil(threads).max(1);
-    let groups: Vec<(M, &[usize])> = starts.chunks(per).map(|c| (model.clone(), c)).collect();
-    let run = |(m, group): (M, &[usize])| -> anyhow::Result<Vec<(f64, usize)>> {
-        group
-            .iter()
-            .map(|&s| eval_batch(&m, set, s..(s + batch).min(n), problem, device))
-            .collect()
-    };
-    let per_batch: Vec<(f64, usize)> = if threads > 1 {
-        let parts: Vec<anyhow::Result<Vec<(f64, usize)>>> =
-            groups.into_par_iter().map(run).collect();
-        let mut all = Vec::with_capacity(starts.len());
-        for p in parts {
-            all.extend(p?);
-        }
-        all
-    } else {
-        groups
-            .into_iter()
-            .map(run)
-            .collect::<anyhow::Result<Vec<_>>>()?
-            .concat()
-    };
+    let batch = batch.max(1);
+    let batches = n.div_ceil(batch);
+    let per_batch = map_batches(replicas, batches, spread, |m, device, b| {
+        eval_batch(m, set, b * batch..((b + 1) * batch).min(n), problem, device)
+    })?;
     let (mut loss_sum, mut correct) = (0f64, 0usize);
     for (l, c) in &per_batch {
         loss_sum += l;
@@ -76,7 +74,7 @@ where
         loss: loss_sum / n.max(1) as f64,
         acc: problem.has_acc().then(|| correct as f64 / n.max(1) as f64),
         samples: n,
-        batches: starts.len(),
+        batches,
         runtime_s: start.elapsed().as_secs_f64(),
     })
 }

@@ -5,6 +5,9 @@
 //! - [`classifier`]: the traits the loop needs from a model ([`Classifier`], [`PeftState`])
 //!   and a split ([`SampleSet`]).
 //! - [`optimizer`]: torch-exact AdamW and `clip_grad_norm_`; [`schedule`]: lr schedules.
+//! - [`replicas`]: data parallel (ms-swift's `NPROC_PER_NODE`): model copies per device,
+//!   shards of each micro-batch ([`shards`]), gradients summed in one fixed order;
+//!   [`spread`]: evaluation and scoring batches over the copies.
 //! - [`checkpoint`] (PEFT adapter format via `crate::adapter`, shared with export),
 //!   [`metrics_log`] (`logging.jsonl`), [`outputs`] (final artifacts and curves).
 
@@ -17,13 +20,16 @@ pub mod metrics_log;
 pub mod optimizer;
 pub mod outputs;
 pub mod params;
+pub mod replicas;
 pub mod safetensors_io;
 pub mod schedule;
 pub mod seq_cls;
+pub mod shards;
+pub mod spread;
 pub mod trainer;
 
 pub use classifier::{Classifier, InMemorySet, PeftState, SampleSet};
-pub use trainer::{RunOptions, TrainOutcome, TrainSpec, train};
+pub use trainer::{RunOptions, TrainOutcome, TrainSpec, train, train_replicated};
 
 /// Failures of a training run.
 #[derive(Debug, thiserror::Error)]

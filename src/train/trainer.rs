@@ -10,20 +10,21 @@
 //! the uninterrupted one on a deterministic backend (time fields of the log aside).
 
 use crate::adapter::AdapterConfig;
-use crate::model::lora::with_dropout_stream;
 use crate::train::TrainError;
 use crate::train::checkpoint::{self, BestMetric, TrainerState};
 use crate::train::classifier::{Classifier, PeftState, SampleSet};
 use crate::train::data_order::{self, EpochPlan};
-use crate::train::evaluate::{EvalResult, evaluate};
-use crate::train::loss::{self, Problem, Target};
+use crate::train::evaluate::{EvalResult, evaluate_on};
+use crate::train::loss::Problem;
 use crate::train::metrics_log::{MetricsLog, Progress, finish_line, num};
 use crate::train::optimizer::{AdamW, AdamWConfig, clip_grad_norm};
-use crate::train::params::{self, PathTensors};
+use crate::train::params;
+use crate::train::replicas::{Replicas, StepWork};
 use crate::train::schedule::{LrSchedule, ScheduleKind, warmup_steps};
+use crate::train::shards::shard_len;
+use crate::train::spread::Spread;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use rayon::prelude::*;
 use serde_json::{Map, Value};
 use std::path::Path;
 use std::time::Instant;
@@ -33,6 +34,7 @@ use std::time::Instant;
 pub struct TrainSpec {
     pub problem: Problem,
     pub num_labels: usize,
+    /// Samples per replica per micro-batch (`per_device_train_batch_size`).
     pub train_batch_size: usize,
     pub eval_batch_size: usize,
     pub grad_accum: usize,
@@ -54,11 +56,21 @@ pub struct TrainSpec {
     pub data_seed: u64,
     /// Seed of the backend RNG (LoRA dropout masks).
     pub seed: u64,
-    /// Concurrent shards per micro-batch (1: one autodiff graph per micro-batch, dropout
-    /// from the backend RNG, the GPU path). With n > 1 (the CPU) a micro-batch is cut into
-    /// n parts run on the rayon pool, each with its own dropout stream, and their gradients
-    /// summed in order: the result depends on n, never on the thread count or timing.
+    /// Shards per global micro-batch (`train_batch_size × replicas` samples): each is its own
+    /// autodiff graph with its own dropout stream, and their gradients are summed in a
+    /// fixed order (`train::replicas`): the result depends on this, never on the thread
+    /// count, the timing or (when the shards line up) the replica count.
     pub shards: usize,
+    /// Data-parallel replicas (ms-swift's `NPROC_PER_NODE`), each taking
+    /// `train_batch_size` samples of every micro-batch.
+    pub replicas: usize,
+}
+
+impl TrainSpec {
+    /// Samples per optimizer micro-batch over all replicas.
+    pub fn global_batch_size(&self) -> usize {
+        self.train_batch_size * self.replicas.max(1)
+    }
 }
 
 /// Where and how a run reports.
@@ -96,23 +108,23 @@ fn spec_digest(
     n_val: usize,
     paths: &[(String, usize)],
 ) -> String {
+    // The replica count is not part of it: at one global batch a checkpoint continues on
+    // any number of devices.
+    let one = TrainSpec {
+        train_batch_size: spec.global_batch_size(),
+        replicas: 1,
+        ..spec.clone()
+    };
     let v =
-        serde_json::json!({ "spec": spec, "n_train": n_train, "n_val": n_val, "params": paths });
+        serde_json::json!({ "spec": one, "n_train": n_train, "n_val": n_val, "params": paths });
     blake3::hash(v.to_string().as_bytes()).to_hex().to_string()
-}
-
-/// Held while a training seeds the backend RNG and draws from it (see its use).
-static RNG_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Backend seed for micro-batch `micro` of optimizer step `step` (0-based).
-fn micro_seed(seed: u64, step: usize, micro: usize) -> u64 {
-    let h = blake3::hash(format!("{seed}/{step}/{micro}").as_bytes());
-    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// Train `model` on `train`, evaluating on `val`, writing logs and checkpoints to
 /// `run.out_dir`. Returns the trained model and the outcome; final artifacts (`adapter/`,
 /// `best`, `metrics.json`, plot) are written by `train::outputs::finish`.
+///
+/// All `spec.replicas` replicas on `device`; shards on the rayon pool when `spec.shards > 1`.
 pub fn train<B, M, S>(
     model: M,
     train: &dyn SampleSet<S>,
@@ -127,8 +139,36 @@ where
     M::InnerModule: Classifier<B::InnerBackend, S>,
     S: Sync,
 {
+    let spread = if spec.shards > 1 {
+        Spread::Pool
+    } else {
+        Spread::Serial
+    };
+    let devices = vec![device.clone(); spec.replicas.max(1)];
+    train_replicated(model, train, val, spec, run, (&devices, spread))
+}
+
+/// [`train`] with replica `r` on `devices[r]` (`model` is on `devices[0]`), the work spread
+/// as `spread` says (the pool on the CPU, a thread per replica on GPUs).
+pub fn train_replicated<B, M, S>(
+    model: M,
+    train: &dyn SampleSet<S>,
+    val: Option<&dyn SampleSet<S>>,
+    spec: &TrainSpec,
+    run: &RunOptions,
+    (devices, spread): (&[B::Device], Spread),
+) -> Result<(M, TrainOutcome), TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Classifier<B, S> + PeftState,
+    M::InnerModule: Classifier<B::InnerBackend, S>,
+    S: Sync,
+{
+    assert_eq!(devices.len(), spec.replicas.max(1), "one device per replica");
+    let device = &devices[0];
     let started = Instant::now();
-    let plan = EpochPlan::new(train.len(), spec.train_batch_size, spec.grad_accum);
+    let global = spec.global_batch_size();
+    let plan = EpochPlan::new(train.len(), global, spec.grad_accum);
     let max_steps = data_order::max_steps(spec.max_steps, spec.num_train_epochs, plan.steps());
     let schedule = LrSchedule {
         kind: spec.schedule,
@@ -196,44 +236,35 @@ where
         elapsed_s: started.elapsed().as_secs_f64(),
     };
     let mut last_eval: Option<EvalResult> = None;
+    let mut replicas = Replicas::<B, M>::new(&model, devices.to_vec(), spread);
 
     'training: while st.global_step < max_steps {
         let order = data_order::epoch_order(train.len(), spec.data_seed, st.data_epoch);
         for g in st.data_group..plan.groups.len() {
-            let group = plan.groups[g].clone();
-            let n_micro = group.len();
-            let mut grads: PathTensors<B::InnerBackend> = PathTensors::new();
-            let mut step_loss = 0f64;
-            for (k, mb) in group.enumerate() {
-                let idx: Vec<usize> = order[plan.micro[mb].clone()].to_vec();
-                let samples = train.samples(&idx).map_err(TrainError::Data)?;
-                let refs: Vec<&S> = samples.iter().map(|s| s.as_ref()).collect();
-                let targets: Vec<&Target> = idx.iter().map(|&i| train.target(i)).collect();
-                let seed = micro_seed(spec.seed, st.global_step, k);
-                let out = micro_batch::<B, M, S>(
-                    &model,
-                    (&refs, &targets),
-                    n_micro,
-                    spec,
-                    seed,
-                    device,
-                    &mut grads,
-                )?;
-                if !out.loss.is_finite() {
-                    return Err(TrainError::NonFinite {
-                        step: st.global_step + 1,
-                    });
-                }
-                step_loss += out.loss;
-                if let Some(c) = loss::correct(&out.logits, out.labels, &targets, spec.problem) {
-                    st.acc_correct += c.iter().filter(|&&x| x).count() as u64;
-                    st.acc_seen += c.len() as u64;
-                }
+            let micro: Vec<Vec<usize>> = plan.groups[g]
+                .clone()
+                .map(|mb| order[plan.micro[mb].clone()].to_vec())
+                .collect();
+            let work = StepWork {
+                set: train,
+                micro: &micro,
+                per_device: spec.train_batch_size,
+                shard_len: shard_len(global, spec.shards),
+                problem: spec.problem,
+                seed: spec.seed,
+                step: st.global_step,
+            };
+            let (mut grads, done) = replicas.step(&model, &work)?;
+            let step_loss = done.loss;
+            if let Some((correct, seen)) = done.correct {
+                st.acc_correct += correct;
+                st.acc_seen += seen;
             }
             let grad_norm =
                 (spec.max_grad_norm > 0.0).then(|| clip_grad_norm(&mut grads, spec.max_grad_norm));
             let lr = schedule.lr(st.global_step);
             model = opt.step::<B, M>(model, grads, lr);
+            replicas.broadcast(&model)?;
             st.global_step += 1;
             st.epoch = plan.epoch_after(st.data_epoch, g);
             st.data_group = g + 1;
@@ -278,13 +309,13 @@ where
 
             let eval_now = last || spec.eval_steps.is_some_and(|e| st.global_step % e == 0);
             if let (true, Some(val)) = (eval_now, val) {
-                let r = evaluate::<B::InnerBackend, _, S>(
-                    &model.valid(),
+                let (copies, spread) = replicas.eval_copies(&model);
+                let r = evaluate_on::<B::InnerBackend, _, S>(
+                    &copies,
                     val,
                     spec.eval_batch_size,
                     spec.problem,
-                    device,
-                    spec.shards > 1,
+                    spread,
                 )
                 .map_err(TrainError::Data)?;
                 log.append(eval_line(&r, st.epoch, &progress(&st)))?;
@@ -418,118 +449,6 @@ where
             log_history: log.history,
         },
     ))
-}
-
-/// A finished shard: its model replica (to read the gradients by parameter path), its
-/// report and its gradients.
-type ShardDone<B, M> = Result<(M, MicroOut, <B as AutodiffBackend>::Gradients), TrainError>;
-
-/// What one micro-batch reports: its share of the step loss, host logits, label count.
-struct MicroOut {
-    loss: f64,
-    logits: Vec<f32>,
-    labels: usize,
-}
-
-/// Forward and backward of one micro-batch, its gradients (of `loss / n_micro`) added to
-/// `grads`; `spec.shards` decides whether it runs as one graph or as concurrent shards.
-fn micro_batch<B, M, S>(
-    model: &M,
-    (samples, targets): (&[&S], &[&Target]),
-    n_micro: usize,
-    spec: &TrainSpec,
-    seed: u64,
-    device: &B::Device,
-    grads: &mut PathTensors<B::InnerBackend>,
-) -> Result<MicroOut, TrainError>
-where
-    B: AutodiffBackend,
-    M: AutodiffModule<B> + Classifier<B, S>,
-    S: Sync,
-{
-    if spec.shards <= 1 {
-        let logits = {
-            // Burn's RNG (LoRA dropout) is one per process: trainings running side by side
-            // (a sweep with --jobs) take turns from seeding to the end of the forward pass,
-            // so each draws exactly its own masks.
-            let _rng = RNG_TURN.lock().unwrap_or_else(|e| e.into_inner());
-            B::seed(device, seed);
-            model.logits(samples, device).map_err(TrainError::Model)?
-        };
-        let (out, g) = shard_backward::<B>(logits, targets, spec.problem, n_micro as f64)?;
-        params::accumulate_grads::<B, M>(model, g, grads);
-        return Ok(out);
-    }
-    let len = samples.len().div_ceil(spec.shards);
-    // Fresh leaves per shard (same parameter ids): separate autodiff graphs that can run
-    // concurrently without merging into one locked graph.
-    let jobs: Vec<(usize, M)> = (0..samples.len().div_ceil(len))
-        .map(|j| (j, M::from_inner(model.valid())))
-        .collect();
-    let scale = |n: usize| n_micro as f64 * samples.len() as f64 / n as f64;
-    let done: Vec<ShardDone<B, M>> = jobs
-        .into_par_iter()
-        .map(|(j, replica)| {
-            let range = j * len..((j + 1) * len).min(samples.len());
-            let stream = micro_seed(seed, j, usize::MAX);
-            let logits =
-                with_dropout_stream(stream, || replica.logits(&samples[range.clone()], device))
-                    .map_err(TrainError::Model)?;
-            let (out, g) = shard_backward::<B>(
-                logits,
-                &targets[range.clone()],
-                spec.problem,
-                scale(range.len()),
-            )?;
-            Ok((replica, out, g))
-        })
-        .collect();
-    let mut total = MicroOut {
-        loss: 0.0,
-        logits: Vec::with_capacity(samples.len() * 2),
-        labels: 0,
-    };
-    for r in done {
-        let (replica, out, g) = r?;
-        params::accumulate_grads::<B, M>(&replica, g, grads);
-        total.loss += out.loss;
-        total.logits.extend(out.logits);
-        total.labels = out.labels;
-    }
-    Ok(total)
-}
-
-/// Loss of `logits` divided by `div`, its value and host logits, and its gradients.
-fn shard_backward<B: AutodiffBackend>(
-    logits: burn::tensor::Tensor<B, 2>,
-    targets: &[&Target],
-    problem: Problem,
-    div: f64,
-) -> Result<(MicroOut, B::Gradients), TrainError> {
-    let labels = logits.dims()[1];
-    let host = logits
-        .clone()
-        .inner()
-        .into_data()
-        .to_vec::<f32>()
-        .map_err(data_err)?;
-    let scaled = loss::loss(logits, targets, problem).div_scalar(div);
-    let value = scaled
-        .clone()
-        .inner()
-        .into_data()
-        .to_vec::<f32>()
-        .map_err(data_err)?[0];
-    let out = MicroOut {
-        loss: value as f64,
-        logits: host,
-        labels,
-    };
-    Ok((out, scaled.backward()))
-}
-
-fn data_err(e: burn::tensor::DataError) -> TrainError {
-    TrainError::Data(anyhow::anyhow!("{e:?}"))
 }
 
 /// An eval line: transformers' `eval_*` metrics, ms-swift's `eval_acc`, progress keys.

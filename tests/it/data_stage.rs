@@ -52,6 +52,7 @@ fn run(stage: &DatasetStage, out: &Path) -> Result<(), StageError> {
         out_dir: out,
         inputs: &inputs,
         device: None,
+        devices: &[],
         progress: &progress,
     };
     stage.run(&ctx)

@@ -6,6 +6,7 @@ mod score_support;
 
 mod cli_commands;
 mod cli_input_errors;
+mod cuda_dp;
 mod cuda_parity;
 mod data_reference;
 mod data_stage;
@@ -22,6 +23,7 @@ mod score_cli;
 mod score_stage;
 mod sweep_end_to_end;
 mod train_bench;
+mod train_dp;
 mod train_loop;
 mod train_parity;
 mod train_stage;

@@ -89,6 +89,7 @@ fn train_step_throughput_tiny() {
         data_seed: 0,
         seed: 0,
         shards: 1,
+        replicas: 1,
     };
     let dir = tempfile::tempdir().unwrap();
     let opts = RunOptions {

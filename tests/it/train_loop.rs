@@ -2,12 +2,12 @@
 //! dropout): exact resume after an interruption, reproducibility, checkpoint rotation,
 //! the log format and the final artifacts.
 //!
-//! The backend RNG is process-global, so every test takes `SERIAL`.
+//! The backend RNG is process-global (the probe is initialised from it), so every test takes `SERIAL`.
 
 use burn::backend::Autodiff;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use pipeline::adapter::keys::{Factor, lora_key, score_key};
 use pipeline::adapter::peft::WEIGHTS_FILE;
@@ -19,15 +19,17 @@ use pipeline::train::loss::{Problem, Target};
 use pipeline::train::metrics_log::without_time;
 use pipeline::train::optimizer::AdamWConfig;
 use pipeline::train::schedule::ScheduleKind;
+use pipeline::train::spread::Spread;
 use pipeline::train::{
     Classifier, InMemorySet, PeftState, RunOptions, TrainError, TrainSpec, outputs, train,
+    train_replicated,
 };
 use serde_json::{Map, Value};
 use std::path::Path;
 use std::sync::Mutex;
 
-type AD = Autodiff<CpuBackend>;
-static SERIAL: Mutex<()> = Mutex::new(());
+pub(crate) type AD = Autodiff<CpuBackend>;
+pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
 
 const FEAT: usize = 8;
 const HIDDEN: usize = 6;
@@ -36,7 +38,7 @@ const LABELS: usize = 3;
 
 /// h = W·x + 2·B(A(dropout(x))); logits = score(h). W frozen; A, B, score trained.
 #[derive(Module, Debug)]
-struct Probe<B: Backend> {
+pub(crate) struct Probe<B: Backend> {
     base: Linear<B>,
     lora_a: Linear<B>,
     lora_b: Linear<B>,
@@ -44,10 +46,10 @@ struct Probe<B: Backend> {
     dropout: Dropout,
 }
 
-struct Feat(Vec<f32>);
+pub(crate) struct Feat(Vec<f32>);
 
 impl<B: Backend> Probe<B> {
-    fn with_dropout(device: &B::Device, p: f64) -> Self {
+    pub(crate) fn with_dropout(device: &B::Device, p: f64) -> Self {
         B::seed(device, 7);
         let lin = |i, o| LinearConfig::new(i, o).with_bias(false);
         Self {
@@ -89,7 +91,7 @@ impl<B: Backend> PeftState for Probe<B> {
     }
 }
 
-fn split(n: usize, seed: u64) -> InMemorySet<Feat> {
+pub(crate) fn split(n: usize, seed: u64) -> InMemorySet<Feat> {
     let mut state = seed;
     let mut next = || {
         state = state
@@ -114,7 +116,7 @@ fn split(n: usize, seed: u64) -> InMemorySet<Feat> {
     InMemorySet::new(feats, targets)
 }
 
-fn spec() -> TrainSpec {
+pub(crate) fn spec() -> TrainSpec {
     TrainSpec {
         problem: Problem::SingleLabelClassification,
         num_labels: LABELS,
@@ -142,10 +144,11 @@ fn spec() -> TrainSpec {
         data_seed: 42,
         seed: 42,
         shards: 1,
+        replicas: 1,
     }
 }
 
-fn adapter_config() -> AdapterConfig {
+pub(crate) fn adapter_config() -> AdapterConfig {
     AdapterConfig {
         r: RANK,
         lora_alpha: 4.0,
@@ -158,13 +161,43 @@ fn adapter_config() -> AdapterConfig {
 }
 
 /// Run (or continue) training into `dir`; Err when the stop hook fired.
-fn run(dir: &Path, spec: &TrainSpec, stop: Option<usize>) -> Result<(), TrainError> {
+pub(crate) fn run(dir: &Path, spec: &TrainSpec, stop: Option<usize>) -> Result<(), TrainError> {
     run_probe(dir, spec, stop, 0.1)
 }
 
 fn run_probe(dir: &Path, spec: &TrainSpec, stop: Option<usize>, p: f64) -> Result<(), TrainError> {
+    run_probe_spread(dir, spec, stop, p, None)
+}
+
+/// [`run_probe`] through `train_replicated` with `spread` (every replica on the CPU), or
+/// through `train` when None.
+pub(crate) fn run_probe_spread(
+    dir: &Path,
+    spec: &TrainSpec,
+    stop: Option<usize>,
+    p: f64,
+    spread: Option<Spread>,
+) -> Result<(), TrainError> {
     let device = Default::default();
-    let model = Probe::<AD>::with_dropout(&device, p);
+    match spread {
+        None => run_probe_with::<AD>(dir, spec, (stop, p), None),
+        Some(s) => {
+            let devices = vec![device; spec.replicas];
+            run_probe_with::<AD>(dir, spec, (stop, p), Some((&devices, s)))
+        }
+    }
+}
+
+/// The probe trained on backend `Bk` (dropout `p`, stop hook `stop`): replicas on `on`'s
+/// devices spread as it says, or `train` on the default device when None.
+pub(crate) fn run_probe_with<Bk: AutodiffBackend>(
+    dir: &Path,
+    spec: &TrainSpec,
+    (stop, p): (Option<usize>, f64),
+    on: Option<(&[Bk::Device], Spread)>,
+) -> Result<(), TrainError> {
+    let device = on.map_or_else(Default::default, |(d, _)| d[0].clone());
+    let model = Probe::<Bk>::with_dropout(&device, p);
     // 38 samples, batch 4 → 10 micro-batches, accum 2 → 5 steps per epoch, 15 in all.
     let (tr, val) = (split(38, 1), split(12, 2));
     let opts = RunOptions {
@@ -174,11 +207,14 @@ fn run_probe(dir: &Path, spec: &TrainSpec, stop: Option<usize>, p: f64) -> Resul
         stop_after_steps: stop,
         model_info: "probe".into(),
     };
-    let (model, outcome) = train::<AD, _, _>(model, &tr, Some(&val), spec, &opts, &device)?;
+    let (model, outcome) = match on {
+        None => train::<Bk, _, _>(model, &tr, Some(&val), spec, &opts, &device)?,
+        Some(on) => train_replicated::<Bk, _, _>(model, &tr, Some(&val), spec, &opts, on)?,
+    };
     outputs::finish(dir, &outcome, &opts.adapter_config, &model.peft_tensors())
 }
 
-fn log_lines(dir: &Path) -> Vec<Map<String, Value>> {
+pub(crate) fn log_lines(dir: &Path) -> Vec<Map<String, Value>> {
     std::fs::read_to_string(dir.join("logging.jsonl"))
         .unwrap()
         .lines()
@@ -187,7 +223,7 @@ fn log_lines(dir: &Path) -> Vec<Map<String, Value>> {
         .collect()
 }
 
-fn adapter_bytes(dir: &Path) -> Vec<u8> {
+pub(crate) fn adapter_bytes(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("adapter").join(WEIGHTS_FILE)).unwrap()
 }
 
@@ -365,7 +401,7 @@ fn checkpoint_of_other_settings_is_refused() {
 }
 
 /// `f` on a rayon pool of `threads` threads (the sharded loop runs on the current pool).
-fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+pub(crate) fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -373,7 +409,7 @@ fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         .install(f)
 }
 
-fn adapter_values(dir: &Path) -> Vec<(String, Vec<f32>)> {
+pub(crate) fn adapter_values(dir: &Path) -> Vec<(String, Vec<f32>)> {
     let (_, tensors) = read_peft_state(&dir.join("adapter")).unwrap();
     tensors
         .into_iter()

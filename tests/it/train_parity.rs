@@ -218,6 +218,7 @@ fn three_adamw_steps_with_accumulation_match_transformers() {
         data_seed: 42,
         seed: 42,
         shards: 1,
+        replicas: 1,
     };
     let dir = tempfile::tempdir().unwrap();
     let (cfg, _) = read_peft_state(&fixtures().join("initial_adapter")).unwrap();

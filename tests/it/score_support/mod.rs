@@ -163,6 +163,7 @@ pub fn run_stage(
         out_dir,
         inputs: &inputs,
         device: None,
+        devices: &[],
         progress: &progress,
     };
     stage.run(&ctx)?;

@@ -1,0 +1,365 @@
+//! Data-parallel replicas: ms-swift's `NPROC_PER_NODE=N` (N DDP ranks, each taking
+//! `per_device_train_batch_size` samples of every micro-batch) inside one process.
+//!
+//! Replica 0 is the trainer's model on the first device; replicas 1.. are copies on the
+//! others. In an optimizer step every replica computes its shards of each of the step's
+//! micro-batches (see [`crate::train::shards`]) and adds each shard's gradients to the sum
+//! of that shard's slot, on its own device. Once per step the slot sums are gathered onto
+//! the first device and added in slot order, which is rank order (a replica holds
+//! consecutive slots); the optimizer steps there and the new trainable values are copied
+//! to the other replicas. The gathered gradient is DDP's rank average: every shard's loss
+//! is scaled by its share of the global micro-batch, as one device with the global batch
+//! would weigh it.
+//!
+//! Per slot over the micro-batches, then over the slots in order: that is one summation
+//! order for every replica count, so with shards that line up (`shards::aligned`) N
+//! replicas give the bits of one on a deterministic backend. Each shard draws its LoRA
+//! dropout masks from its own stream, seeded by (seed, step, micro-batch, slot): no
+//! process-wide RNG, no lock, whatever runs beside it.
+
+use crate::model::lora::with_dropout_stream;
+use crate::train::TrainError;
+use crate::train::classifier::{Classifier, SampleSet};
+use crate::train::loss::{self, Problem, Target};
+use crate::train::params::{self, PathTensors};
+use crate::train::shards::{Shard, deal};
+use crate::train::spread::Spread;
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+
+/// The model copies of a data-parallel training, one per device.
+pub struct Replicas<B: AutodiffBackend, M> {
+    devices: Vec<B::Device>,
+    /// Replicas 1.. (replica 0 is the caller's model).
+    copies: Vec<M>,
+    spread: Spread,
+}
+
+/// One optimizer step's work.
+pub struct StepWork<'a, S> {
+    pub set: &'a dyn SampleSet<S>,
+    /// Sample indices of each (global) micro-batch of the step.
+    pub micro: &'a [Vec<usize>],
+    /// Samples of a micro-batch each replica takes.
+    pub per_device: usize,
+    /// Samples per shard (`shards::shard_len`).
+    pub shard_len: usize,
+    pub problem: Problem,
+    pub seed: u64,
+    /// 0-based optimizer step (seeds the dropout streams).
+    pub step: usize,
+}
+
+/// What an optimizer step's forward/backward passes report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepStats {
+    /// The sum over the step's micro-batches of their mean loss / micro-batch count.
+    pub loss: f64,
+    /// (correct, seen) predictions (None for regression).
+    pub correct: Option<(u64, u64)>,
+}
+
+/// A shard's report: its share of the step loss, host logits, label count.
+struct ShardOut {
+    loss: f64,
+    logits: Vec<f32>,
+    labels: usize,
+}
+
+/// Gradient sums of one replica, by slot.
+type Slots<B> = BTreeMap<usize, PathTensors<<B as AutodiffBackend>::InnerBackend>>;
+/// Reports of one replica: (micro-batch, slot, report).
+type Reports = Vec<(usize, usize, ShardOut)>;
+
+/// Dropout stream of slot `slot` of micro-batch `micro` in optimizer step `step`.
+pub fn shard_stream(seed: u64, step: usize, micro: usize, slot: usize) -> u64 {
+    mix(mix(seed, step, micro), slot, usize::MAX)
+}
+
+fn mix(seed: u64, a: usize, b: usize) -> u64 {
+    let h = blake3::hash(format!("{seed}/{a}/{b}").as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+impl<B, M> Replicas<B, M>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+{
+    /// Copies of `model` on `devices[1..]` (`devices[0]` is where `model` lives).
+    pub fn new(model: &M, devices: Vec<B::Device>, spread: Spread) -> Self {
+        assert!(!devices.is_empty(), "at least one device");
+        let copies = devices[1..]
+            .iter()
+            .map(|d| model.clone().fork(d))
+            .collect();
+        Self {
+            devices,
+            copies,
+            spread,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// Give every copy the trainable values of `model` (after an optimizer step).
+    pub fn broadcast(&mut self, model: &M) -> Result<(), TrainError> {
+        if self.copies.is_empty() {
+            return Ok(());
+        }
+        let values: BTreeMap<_, _> = params::trainable_values::<B, M>(model)
+            .into_iter()
+            .collect();
+        for c in &mut self.copies {
+            let copy = std::mem::replace(c, model.clone());
+            *c = params::restore_trainable(copy, &values).map_err(TrainError::Checkpoint)?;
+        }
+        Ok(())
+    }
+
+    /// Inference copies for an evaluation pass, with their devices, and how to spread it.
+    pub fn eval_copies(&self, model: &M) -> (Vec<(M::InnerModule, B::Device)>, Spread) {
+        let models = std::iter::once(model).chain(&self.copies);
+        let copies = models
+            .zip(&self.devices)
+            .map(|(m, d)| (m.valid(), d.clone()))
+            .collect();
+        (copies, self.spread)
+    }
+
+    /// Forward and backward of every shard of `work`, gradients gathered onto the first
+    /// device in slot order (not yet clipped).
+    pub fn step<S>(
+        &mut self,
+        model: &M,
+        work: &StepWork<S>,
+    ) -> Result<(PathTensors<B::InnerBackend>, StepStats), TrainError>
+    where
+        M: Classifier<B, S>,
+        S: Sync,
+    {
+        let n = self.devices.len();
+        // deals[k][r]: replica r's shards of micro-batch k.
+        let deals: Vec<Vec<Vec<Shard>>> = work
+            .micro
+            .iter()
+            .map(|idx| deal(idx.len(), work.per_device, n, work.shard_len))
+            .collect();
+        let mut slots: Vec<Slots<B>> = (0..n).map(|_| BTreeMap::new()).collect();
+        let mut reports: Vec<Reports> = (0..n).map(|_| Vec::new()).collect();
+        match self.spread {
+            Spread::Serial | Spread::Pool => {
+                let concurrent = self.spread == Spread::Pool;
+                for (k, deal) in deals.iter().enumerate() {
+                    // Every shard of the micro-batch as a job with fresh leaves of its
+                    // replica (separate autodiff graphs that can run side by side).
+                    let mut jobs = Vec::new();
+                    for (r, shards) in deal.iter().enumerate() {
+                        let m = if r == 0 { model } else { &self.copies[r - 1] };
+                        for sh in shards {
+                            jobs.push((r, sh.clone(), M::from_inner(m.valid())));
+                        }
+                    }
+                    let run = |(r, sh, m): (usize, Shard, M)| {
+                        let out = shard_pass::<B, M, S>(&m, &self.devices[r], work, k, &sh);
+                        (r, sh.slot, m, out)
+                    };
+                    let done: Vec<_> = if concurrent {
+                        jobs.into_par_iter().map(run).collect()
+                    } else {
+                        jobs.into_iter().map(run).collect()
+                    };
+                    for (r, slot, m, out) in done {
+                        let (report, grads) = out?;
+                        let acc = slots[r].entry(slot).or_default();
+                        params::accumulate_grads::<B, M>(&m, grads, acc);
+                        reports[r].push((k, slot, report));
+                    }
+                }
+            }
+            Spread::Threads => {
+                let copies = std::mem::take(&mut self.copies);
+                let devices = &self.devices;
+                let deals = &deals;
+                let own = |r: usize, m: &M| replica_pass::<B, M, S>(m, &devices[r], r, deals, work);
+                let (first, rest) = std::thread::scope(|s| {
+                    let handles: Vec<_> = copies
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, m)| {
+                            s.spawn(move || {
+                                let out = own(i + 1, &m);
+                                (m, out)
+                            })
+                        })
+                        .collect();
+                    let first = own(0, model);
+                    let rest: Vec<_> = handles
+                        .into_iter()
+                        .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                        .collect();
+                    (first, rest)
+                });
+                let mut outs = vec![first];
+                for (m, out) in rest {
+                    self.copies.push(m);
+                    outs.push(out);
+                }
+                for (r, out) in outs.into_iter().enumerate() {
+                    let (s, rep) = out?;
+                    slots[r] = s;
+                    reports[r] = rep;
+                }
+            }
+        }
+        let stats = stats(work, reports)?;
+        Ok((self.gather(slots), stats))
+    }
+
+    /// The slot sums of every replica, added on the first device in (slot, replica) order.
+    fn gather(&self, slots: Vec<Slots<B>>) -> PathTensors<B::InnerBackend> {
+        let mut all: Vec<(usize, usize, PathTensors<B::InnerBackend>)> = slots
+            .into_iter()
+            .enumerate()
+            .flat_map(|(r, s)| s.into_iter().map(move |(j, g)| (j, r, g)))
+            .collect();
+        all.sort_by_key(|(j, r, _)| (*j, *r));
+        let home = &self.devices[0];
+        let mut total = PathTensors::new();
+        for (_, _, grads) in all {
+            for (path, g) in grads {
+                let g = g.to_device(home);
+                let sum = match total.remove(&path) {
+                    Some(prev) => prev + g,
+                    None => g,
+                };
+                total.insert(path, sum);
+            }
+        }
+        total
+    }
+}
+
+/// Everything replica `r` computes in a step, one shard after another on its device.
+fn replica_pass<B, M, S>(
+    model: &M,
+    device: &B::Device,
+    r: usize,
+    deals: &[Vec<Vec<Shard>>],
+    work: &StepWork<S>,
+) -> Result<(Slots<B>, Reports), TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Classifier<B, S>,
+    S: Sync,
+{
+    let mut slots: Slots<B> = BTreeMap::new();
+    let mut reports = Vec::new();
+    for (k, deal) in deals.iter().enumerate() {
+        for sh in &deal[r] {
+            let leaves = M::from_inner(model.valid());
+            let (report, grads) = shard_pass::<B, M, S>(&leaves, device, work, k, sh)?;
+            params::accumulate_grads::<B, M>(&leaves, grads, slots.entry(sh.slot).or_default());
+            reports.push((k, sh.slot, report));
+        }
+    }
+    Ok((slots, reports))
+}
+
+/// Forward and backward of one shard of micro-batch `k`, its loss scaled by its share of
+/// the step (`n_shard / (n_micro · micro_len)`).
+fn shard_pass<B, M, S>(
+    model: &M,
+    device: &B::Device,
+    work: &StepWork<S>,
+    k: usize,
+    shard: &Shard,
+) -> Result<(ShardOut, B::Gradients), TrainError>
+where
+    B: AutodiffBackend,
+    M: Classifier<B, S>,
+{
+    let micro = &work.micro[k];
+    let idx = &micro[shard.samples.clone()];
+    let samples = work.set.samples(idx).map_err(TrainError::Data)?;
+    let refs: Vec<&S> = samples.iter().map(|s| s.as_ref()).collect();
+    let targets: Vec<&Target> = idx.iter().map(|&i| work.set.target(i)).collect();
+    let stream = shard_stream(work.seed, work.step, k, shard.slot);
+    let logits = with_dropout_stream(stream, || model.logits(&refs, device))
+        .map_err(TrainError::Model)?;
+    let div = (work.micro.len() * micro.len()) as f64 / idx.len() as f64;
+    shard_backward::<B>(logits, &targets, work.problem, div)
+}
+
+/// Loss of `logits` divided by `div`, its value and host logits, and its gradients.
+fn shard_backward<B: AutodiffBackend>(
+    logits: burn::tensor::Tensor<B, 2>,
+    targets: &[&Target],
+    problem: Problem,
+    div: f64,
+) -> Result<(ShardOut, B::Gradients), TrainError> {
+    let labels = logits.dims()[1];
+    let host = logits
+        .clone()
+        .inner()
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(data_err)?;
+    let scaled = loss::loss(logits, targets, problem).div_scalar(div);
+    let value = scaled
+        .clone()
+        .inner()
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(data_err)?[0];
+    let out = ShardOut {
+        loss: value as f64,
+        logits: host,
+        labels,
+    };
+    Ok((out, scaled.backward()))
+}
+
+fn data_err(e: burn::tensor::DataError) -> TrainError {
+    TrainError::Data(anyhow::anyhow!("{e:?}"))
+}
+
+/// Step loss and accuracy from every shard's report, summed in (micro-batch, slot) order.
+fn stats<S>(work: &StepWork<S>, reports: Vec<Reports>) -> Result<StepStats, TrainError> {
+    let mut all: Vec<(usize, usize, ShardOut)> = reports.into_iter().flatten().collect();
+    all.sort_by_key(|(k, j, _)| (*k, *j));
+    let mut stats = StepStats {
+        loss: 0.0,
+        correct: None,
+    };
+    let mut it = all.into_iter().peekable();
+    for (k, idx) in work.micro.iter().enumerate() {
+        let (mut loss, mut logits, mut labels) = (0f64, Vec::new(), 0);
+        while let Some((_, _, out)) = it.next_if(|(kk, _, _)| *kk == k) {
+            loss += out.loss;
+            logits.extend(out.logits);
+            labels = out.labels;
+        }
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: work.step + 1,
+            });
+        }
+        stats.loss += loss;
+        let targets: Vec<&Target> = idx.iter().map(|&i| work.set.target(i)).collect();
+        if let Some(c) = loss::correct(&logits, labels, &targets, work.problem) {
+            let (right, seen) = stats.correct.unwrap_or((0, 0));
+            let hits = c.iter().filter(|&&x| x).count() as u64;
+            stats.correct = Some((right + hits, seen + c.len() as u64));
+        }
+    }
+    Ok(stats)
+}
