@@ -3,7 +3,7 @@
 
 Deterministic (numpy seed 11; Pillow >= 10, qwen-vl-utils 0.0.14). Usage: python3 tools/gen_shapes11.py [OUT_DIR]
 
-Design (DESIGN.md "The embedded default"): a tiny *random* Qwen2.5-VL with LoRA only
+Design: a tiny *random* Qwen2.5-VL with LoRA only
 learns what random features expose, so shapes are CENTRED, LARGE and roughly UPRIGHT
 (small jitter in position, size and rotation), drawn in a random light colour on a
 random dark background (colour carries no class information). Most images are 112-160 px

@@ -1,5 +1,5 @@
 //! Throughput benchmark of the classifier on the seed's workload, comparable line for line with
-//! `shared/bench/torch_baseline.py` (transformers + PEFT): train steps (forward + backward +
+//! `tools/bench/torch_baseline.py` (transformers + PEFT): train steps (forward + backward +
 //! AdamW over the LoRA and score parameters) and eval forwards, timed after warm-up with a
 //! device sync before and after the timed loop.
 //!

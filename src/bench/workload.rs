@@ -1,4 +1,4 @@
-//! The benchmark workload, built exactly like `shared/bench/torch_baseline.py` builds its own:
+//! The benchmark workload, built exactly like `tools/bench/torch_baseline.py` builds its own:
 //! image grid from the pixel budget (4:5 aspect), prompt layout, random weights, LoRA targets.
 
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};

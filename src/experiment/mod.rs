@@ -10,6 +10,7 @@ mod dag;
 pub mod error;
 mod fields;
 mod parse;
+pub mod reference;
 pub mod schema;
 pub mod source;
 pub mod spec;

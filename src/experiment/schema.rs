@@ -1,6 +1,6 @@
-//! The experiment file as written by users (DESIGN.md "Experiment file (contract)").
+//! The experiment file as written by users (docs/EXPERIMENT.md lists every key).
 //!
-//! Keys use ms-swift's flag names and defaults (`shared/reference/swift-seq-cls.md`).
+//! Keys use ms-swift's flag names and defaults (`reference.rs` maps each to its flag).
 //! Every table rejects unknown keys. These structs are the *raw* form: paths are not yet
 //! resolved and cross-field rules are not yet checked (see `validate`).
 

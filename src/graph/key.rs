@@ -1,4 +1,4 @@
-//! Content keys (DESIGN.md "Cache"): blake3 over everything that can change a stage's
+//! Content keys (docs/ARCHITECTURE.md "Cache, keys and locks"): blake3 over everything that can change a stage's
 //! output — kind, implementation version, canonical params, upstream keys by need name,
 //! input file digests and the seed.
 

@@ -1,5 +1,5 @@
 //! Built-in model shapes (random weights): `tiny` for tests and the embedded default, and
-//! the real Qwen2.5-VL 3B / 7B shapes (shared/reference/qwen2_5_vl.md).
+//! the real Qwen2.5-VL 3B / 7B shapes (the published config.json files of Qwen2.5-VL-3B/7B-Instruct).
 
 use super::ModelError;
 use super::config::{Activation, ModelConfig, TextConfig, TokenIds, VisionConfig};

@@ -211,7 +211,7 @@ mod tests {
     use super::*;
     use crate::model::presets::preset_config;
 
-    /// Reference test vector (shared/reference/qwen2_5_vl.md): ids [1,2,VS,IMG×30,VE,3,4,5],
+    /// Test vector computed with transformers' `get_rope_index`: ids [1,2,VS,IMG×30,VE,3,4,5],
     /// grid [1,12,10].
     #[test]
     fn rope_index_test_vector() {

@@ -1,4 +1,4 @@
-//! `scores.jsonl`: one SWIFT-compatible line per scored sample (DESIGN.md "Outputs").
+//! `scores.jsonl`: one SWIFT-compatible line per scored sample (docs/ARCHITECTURE.md "Output contract").
 //!
 //! Semantics of ms-swift's `Template.decode_seq_cls` (`swift/llm/template/base.py`):
 //! single-label → argmax response, `log_softmax` scores; multi-label → the classes with

@@ -2,7 +2,7 @@
 //! the base weights as a Hugging Face checkpoint (`merged/`), optionally copied to
 //! `output_dir` (`swift export --merge_lora true`).
 //!
-//! Outputs (DESIGN.md "Outputs"): `peft/` adapter_config.json + adapter_model.safetensors
+//! Outputs (docs/ARCHITECTURE.md "Output contract"): `peft/` adapter_config.json + adapter_model.safetensors
 //! (PEFT key names, head under modules_to_save); `merged/` config.json (num_labels,
 //! id2label, problem_type, auto_map), `model.safetensors` or shards + index, `score.weight`,
 //! no `lm_head`, tokenizer and preprocessor files, `modeling_qwen2_5_vl_seq_cls.py`;

@@ -8,7 +8,7 @@
 //! here exactly as the dataset stage would (labels optional).
 //! Batches of `batch_size`, padded on the left as ms-swift does at inference, no autodiff.
 //!
-//! Outputs: `scores.jsonl` (DESIGN.md "Outputs", dataset order), `metrics.json`,
+//! Outputs: `scores.jsonl` (docs/ARCHITECTURE.md "Output contract", dataset order), `metrics.json`,
 //! `confusion.png` (single-label with gold labels), and a table on the console.
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The `runs/` directory: content-addressed cache entries, locks, atomic publish,
 //! manifests, the stat cache, `runs/<name>/…` pointers, gc and sweep summaries.
 //!
-//! Layout (DESIGN.md "Cache"):
+//! Layout (docs/ARCHITECTURE.md "Cache, keys and locks"):
 //!
 //! ```text
 //! runs/cache/<kind>-<key16>/           complete entries (manifest.json written last)

@@ -1,5 +1,5 @@
 //! Train-step throughput of the real loop on the `tiny` preset, the workload of
-//! `python3 shared/bench/torch_baseline.py --config <tiny config.json> --device cpu
+//! `python3 tools/bench/torch_baseline.py --config <tiny config.json> --device cpu
 //! --pixels 12544 --text 40 --rank 16`: batch 1, one 112×112 image (64 patches, 16 image
 //! tokens) in a 57-token prompt, LoRA r16 on every LLM and ViT block linear + score, an
 //! AdamW step per sample. Ignored by default (timing, not correctness):
