@@ -17,10 +17,11 @@ use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressDrawTarget};
 use pipeline::data::build::{BuildOptions, SplitSource, Truncation, load_resized, resolve};
-use pipeline::data::label::{LabelSpec, ProblemType};
+use pipeline::data::label::LabelSpec;
 use pipeline::experiment::schema::{Common, DatasetParams, ModelSpec, TaskSpec};
 use pipeline::graph::{Stage, StageContext};
 use pipeline::stages::dataset::DatasetStage;
+use pipeline::task::ProblemType;
 use rayon::prelude::*;
 
 fn arg(name: &str, default: u64) -> u64 {

@@ -20,4 +20,5 @@ pub mod model;
 pub mod report;
 pub mod stages;
 pub mod store;
+pub mod task;
 pub mod train;

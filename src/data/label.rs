@@ -11,45 +11,7 @@ use serde_json::Value;
 use super::error::{DataError, RowLoc};
 use super::record::Label;
 
-/// What the classifier predicts (transformers' `problem_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProblemType {
-    SingleLabelClassification,
-    MultiLabelClassification,
-    Regression,
-}
-
-pub const PROBLEM_TYPES: [&str; 3] = [
-    "single_label_classification",
-    "multi_label_classification",
-    "regression",
-];
-
-impl ProblemType {
-    /// The explicit `problem_type`, else ms-swift's default for `num_labels`.
-    pub fn resolve(explicit: Option<&str>, num_labels: usize) -> Result<Self, DataError> {
-        match explicit {
-            None if num_labels == 1 => Ok(Self::Regression),
-            None => Ok(Self::SingleLabelClassification),
-            Some("single_label_classification") => Ok(Self::SingleLabelClassification),
-            Some("multi_label_classification") => Ok(Self::MultiLabelClassification),
-            Some("regression") => Ok(Self::Regression),
-            Some(other) => Err(DataError::Param(format!(
-                "problem_type {other:?} is not one of {}",
-                PROBLEM_TYPES.join(", ")
-            ))),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::SingleLabelClassification => "single_label_classification",
-            Self::MultiLabelClassification => "multi_label_classification",
-            Self::Regression => "regression",
-        }
-    }
-}
+use crate::task::ProblemType;
 
 /// How labels are read: the task's label count and problem type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,9 +195,5 @@ mod tests {
             .parse(Some(&json!(0.5)), &loc())
             .unwrap_err();
         assert!(e.to_string().contains("num_labels = 3"), "{e}");
-        let e = ProblemType::resolve(Some("ranking"), 3)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("single_label_classification, multi_label_classification, regression"));
     }
 }

@@ -19,5 +19,5 @@ pub mod template;
 
 pub use build::{BuildOptions, SplitSource, Truncation, build_dataset, resolve};
 pub use error::{DataError, RowLoc};
-pub use label::{LabelSpec, ProblemType};
+pub use label::LabelSpec;
 pub use smart_resize::{IMAGE_FACTOR, smart_resize};

@@ -274,7 +274,7 @@ fn parse_images(obj: &Map<String, Value>, loc: &RowLoc) -> Result<Vec<String>, D
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::label::ProblemType;
+    use crate::task::ProblemType;
 
     fn spec() -> LabelSpec {
         LabelSpec {

@@ -376,6 +376,12 @@ const TRAIN: &[KeyDoc] = &[
         "--data_seed",
         "Seed of the per-epoch shuffle of the training set.",
     ),
+    k(
+        "nproc_per_node",
+        "NPROC_PER_NODE",
+        "Data-parallel replicas, one per device of the pool; each takes \
+         per_device_train_batch_size samples of every micro-batch.",
+    ),
 ];
 
 const EXPORT: &[KeyDoc] = &[
@@ -430,6 +436,12 @@ const SCORE: &[KeyDoc] = &[
         "batch_size",
         "--max_batch_size",
         "Samples per forward pass.",
+    ),
+    k(
+        "nproc_per_node",
+        "NPROC_PER_NODE",
+        "Replicas the batches are spread over, one per device of the pool (scores do not \
+         depend on it).",
     ),
 ];
 

@@ -18,11 +18,6 @@ use super::stage_rules::{check_replica_pools, check_stage};
 /// Built-in model presets (`model::presets::PRESETS` in the model layer).
 pub const MODEL_PRESETS: [&str; 3] = ["qwen2.5-vl-3b", "qwen2.5-vl-7b", "tiny"];
 pub const DTYPES: [&str; 2] = ["bfloat16", "float32"];
-pub const PROBLEM_TYPES: [&str; 3] = [
-    "multi_label_classification",
-    "regression",
-    "single_label_classification",
-];
 
 /// Validate the document `root` of the file at `file` (absolute).
 pub(crate) fn validate(src: &Source, root: &Table, file: &Path) -> Result<Experiment> {
@@ -155,7 +150,7 @@ fn check_task(c: &Check, t: TaskSpec) -> Result<TaskSpec> {
         "num_labels must be ≥ 1".into()
     })?;
     if let Some(p) = &t.problem_type {
-        c.choice(&["task", "problem_type"], p, &PROBLEM_TYPES)?;
+        c.choice(&["task", "problem_type"], p, &crate::task::PROBLEM_TYPES)?;
     }
     if let Some(labels) = &t.labels {
         c.ensure(labels.len() == t.num_labels, &["task", "labels"], || {

@@ -556,7 +556,14 @@ fn data_parallel_trainings_hold_a_group_of_devices_each() {
     let groups: Vec<Vec<String>> = text_log
         .lines()
         .filter(|l| l.starts_with("train "))
-        .map(|l| l.split(' ').nth(1).unwrap().split(',').map(String::from).collect())
+        .map(|l| {
+            l.split(' ')
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .map(String::from)
+                .collect()
+        })
         .collect();
     assert_eq!(groups.len(), 4);
     assert!(groups.iter().all(|g| g.len() == 2), "{groups:?}");

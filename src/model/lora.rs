@@ -215,12 +215,17 @@ pub fn hashed_keep_mask<B: Backend, const D: usize>(
     device: &B::Device,
 ) -> Tensor<B, D> {
     let n: usize = dims.iter().product();
-    let c = |v: u32| Tensor::<B, 1, Int>::from_data(TensorData::new(vec![v], [1]), (device, DType::U32));
-    let shift_xor = |h: Tensor<B, 1, Int>, by: u32| h.clone().bitwise_xor(h.bitwise_right_shift(c(by)));
+    let c = |v: u32| {
+        Tensor::<B, 1, Int>::from_data(TensorData::new(vec![v], [1]), (device, DType::U32))
+    };
+    let shift_xor =
+        |h: Tensor<B, 1, Int>, by: u32| h.clone().bitwise_xor(h.bitwise_right_shift(c(by)));
     let mut h = Tensor::<B, 1, Int>::arange(0..n as i64, device).cast(IntDType::U32);
     h = h.bitwise_xor(c(key as u32)).mul(c(HASH_MUL[0]));
     h = shift_xor(h, 16).mul(c(HASH_MUL[1]));
-    h = shift_xor(h, 13).bitwise_xor(c((key >> 32) as u32)).mul(c(HASH_MUL[2]));
+    h = shift_xor(h, 13)
+        .bitwise_xor(c((key >> 32) as u32))
+        .mul(c(HASH_MUL[2]));
     h = shift_xor(h, 16);
     h.lower(c(keep_threshold(keep)))
         .float()
@@ -379,13 +384,20 @@ mod tests {
             .unwrap();
         let scale = (1.0 / keep) as f32;
         let want: Vec<f32> = (0..37 * 53)
-            .map(|i| if hashed_keep(i, keep, key) { scale } else { 0.0 })
+            .map(|i| {
+                if hashed_keep(i, keep, key) {
+                    scale
+                } else {
+                    0.0
+                }
+            })
             .collect();
         assert_eq!(mask, want);
         // About `keep` of the elements survive, and another key draws another mask.
         let kept = want.iter().filter(|&&v| v > 0.0).count() as f64 / want.len() as f64;
         assert!((kept - keep).abs() < 0.03, "{kept}");
-        let other = (0..37 * 53u32).filter(|&i| hashed_keep(i, keep, key + 1) != hashed_keep(i, keep, key));
+        let other =
+            (0..37 * 53u32).filter(|&i| hashed_keep(i, keep, key + 1) != hashed_keep(i, keep, key));
         assert!(other.count() > 100);
     }
 

@@ -12,8 +12,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::metrics::{self, Metrics, argmax};
-pub use crate::data::label::ProblemType;
 use crate::data::record::Label;
+use crate::task::ProblemType;
 
 /// One line of scores.jsonl; keys in this order.
 #[derive(Debug, Clone, PartialEq, Serialize)]

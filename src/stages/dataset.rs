@@ -8,12 +8,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::data::{
-    BuildOptions, DataError, LabelSpec, ProblemType, SplitSource, Truncation, build_dataset,
-    resolve,
+    BuildOptions, DataError, LabelSpec, SplitSource, Truncation, build_dataset, resolve,
 };
 use crate::experiment::schema::{Common, DatasetParams};
 use crate::graph::{Stage, StageContext, StageError};
 use crate::model::tokenizer::{ModelSource, SpecialTokens, load_tokenizer, tokenizer_file};
+use crate::task::ProblemType;
 
 /// Bump when the records, images or stats this stage writes change.
 const VERSION: u32 = 1;
@@ -70,7 +70,7 @@ impl DatasetStage {
         }
         let num_labels = common.task.num_labels;
         let problem_type = ProblemType::resolve(common.task.problem_type.as_deref(), num_labels)
-            .map_err(input_error)?;
+            .map_err(|e| StageError::Input(e.to_string()))?;
         let opts = BuildOptions {
             min_pixels: params.min_pixels,
             max_pixels: params.max_pixels,

@@ -63,7 +63,10 @@ pub(crate) fn run_on_device(
         kinds.push(kind);
     }
     let kind = kinds[0];
-    if kinds.iter().any(|k| (*k == DeviceKind::Cpu) != (kind == DeviceKind::Cpu)) {
+    if kinds
+        .iter()
+        .any(|k| (*k == DeviceKind::Cpu) != (kind == DeviceKind::Cpu))
+    {
         return Err(StageError::Input(format!(
             "devices {} mix the CPU and GPUs; one stage runs on one kind",
             specs.join(", ")

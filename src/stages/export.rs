@@ -26,8 +26,8 @@ use crate::export::source::{base_config, base_model_name, model_dtype, train_ada
 use crate::graph::{Stage, StageContext, StageError};
 use crate::model::tokenizer::{SpecialTokens, load_tokenizer};
 use crate::model::{ModelSource, load_classifier};
-use crate::report::scores::ProblemType;
 use crate::stages::dataset::model_source;
+use crate::task::ProblemType;
 
 pub struct ExportStage {
     params: ExportParams,

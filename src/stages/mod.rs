@@ -4,7 +4,7 @@
 
 use crate::experiment::{Common, StageParams, StageSpec};
 use crate::graph::{Stage, StageError};
-use crate::report::scores::ProblemType;
+use crate::task::ProblemType;
 
 pub mod dataset;
 mod device;

@@ -33,10 +33,11 @@ use crate::model::tokenizer::{SpecialTokens, load_tokenizer};
 use crate::model::{ModelSource, SeqClassifier, load_classifier};
 use crate::report::confusion::render_confusion;
 use crate::report::metrics::Metrics;
-use crate::report::scores::{ProblemType, ScoreLine, score_line, split_metrics, write_scores};
+use crate::report::scores::{ScoreLine, score_line, split_metrics, write_scores};
 use crate::report::table::metrics_table;
 use crate::stages::dataset::model_source;
 use crate::stages::export::model_weight_files;
+use crate::task::ProblemType;
 use crate::train::spread::{Spread, map_batches};
 
 mod file_data;

@@ -16,8 +16,8 @@ use crate::experiment::schema::{Common, TargetModules as RawTargets, TrainParams
 use crate::graph::{Stage, StageContext, StageError};
 use crate::model::lora::{LoraSpec, TargetSelector, select_targets};
 use crate::model::{SeqClassifier, WeightsSource, load_classifier_from};
+use crate::task::ProblemType;
 use crate::train::checkpoint::BestMetric;
-use crate::train::loss::Problem;
 use crate::train::optimizer::AdamWConfig;
 use crate::train::params::count_params;
 use crate::train::schedule::ScheduleKind;
@@ -120,15 +120,10 @@ impl TrainStage {
                 BestMetric::CHOICES.join(", ")
             ))
         })?;
-        let problem = Problem::resolve(common.task.problem_type.as_deref(), common.task.num_labels)
-            .ok_or_else(|| {
-                input(format!(
-                    "[task] problem_type {:?} is not valid (valid: {})",
-                    common.task.problem_type.as_deref().unwrap_or(""),
-                    Problem::CHOICES.join(", ")
-                ))
-            })?;
-        if problem == Problem::Regression && best_metric == BestMetric::Acc {
+        let problem =
+            ProblemType::resolve(common.task.problem_type.as_deref(), common.task.num_labels)
+                .map_err(|e| input(format!("[task] {e}")))?;
+        if problem == ProblemType::Regression && best_metric == BestMetric::Acc {
             return Err(input(
                 "metric_for_best_model = \"acc\" needs a classification task (regression has no accuracy)",
             ));
@@ -524,11 +519,13 @@ impl TrainStage {
             .as_ref()
             .map(|v| v as &dyn crate::train::SampleSet<_>);
         let on = (devices, placement.spread);
-        let (model, outcome) = train_replicated::<B, _, _>(model, &train_set, val_ref, &spec, &opts, on)
-            .map_err(|e| match e {
-                TrainError::Checkpoint(m) => input(m),
-                other => StageError::Failed(other.into()),
-            })?;
+        let (model, outcome) = train_replicated::<B, _, _>(
+            model, &train_set, val_ref, &spec, &opts, on,
+        )
+        .map_err(|e| match e {
+            TrainError::Checkpoint(m) => input(m),
+            other => StageError::Failed(other.into()),
+        })?;
         if let Some(from) = outcome.resumed_from {
             ctx.say(format!("[{}] resumed from checkpoint-{from}", ctx.name));
         }

@@ -2,10 +2,11 @@
 //! and no graph is recorded. Metrics as transformers' `evaluation_loop` reports them:
 //! `eval_loss` is the mean of per-batch mean losses weighted by batch size.
 
+use crate::task::ProblemType;
 use crate::train::classifier::{Classifier, SampleSet};
-use crate::train::loss::{self, Problem, Target};
-use burn::tensor::backend::Backend;
+use crate::train::loss::{self, Target};
 use crate::train::spread::{Spread, map_batches};
+use burn::tensor::backend::Backend;
 use std::time::Instant;
 
 /// Metrics of one pass over a split.
@@ -27,7 +28,7 @@ pub fn evaluate<B, M, S>(
     model: &M,
     set: &dyn SampleSet<S>,
     batch: usize,
-    problem: Problem,
+    problem: ProblemType,
     device: &B::Device,
     parallel: bool,
 ) -> anyhow::Result<EvalResult>
@@ -41,7 +42,13 @@ where
     } else {
         Spread::Serial
     };
-    evaluate_on::<B, M, S>(&[(model.clone(), device.clone())], set, batch, problem, spread)
+    evaluate_on::<B, M, S>(
+        &[(model.clone(), device.clone())],
+        set,
+        batch,
+        problem,
+        spread,
+    )
 }
 
 /// [`evaluate`] with the batches spread over `replicas` (a model copy and its device each):
@@ -50,7 +57,7 @@ pub fn evaluate_on<B, M, S>(
     replicas: &[(M, B::Device)],
     set: &dyn SampleSet<S>,
     batch: usize,
-    problem: Problem,
+    problem: ProblemType,
     spread: Spread,
 ) -> anyhow::Result<EvalResult>
 where
@@ -84,7 +91,7 @@ fn eval_batch<B, M, S>(
     model: &M,
     set: &dyn SampleSet<S>,
     range: std::ops::Range<usize>,
-    problem: Problem,
+    problem: ProblemType,
     device: &B::Device,
 ) -> anyhow::Result<(f64, usize)>
 where

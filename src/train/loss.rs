@@ -8,39 +8,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
-/// `problem_type` of the head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Problem {
-    SingleLabelClassification,
-    MultiLabelClassification,
-    Regression,
-}
-
-impl Problem {
-    pub const CHOICES: &'static [&'static str] = &[
-        "single_label_classification",
-        "multi_label_classification",
-        "regression",
-    ];
-
-    /// ms-swift's rule: an explicit value wins; num_labels 1 ⇒ regression; else single-label.
-    pub fn resolve(explicit: Option<&str>, num_labels: usize) -> Option<Self> {
-        match explicit {
-            Some("single_label_classification") => Some(Self::SingleLabelClassification),
-            Some("multi_label_classification") => Some(Self::MultiLabelClassification),
-            Some("regression") => Some(Self::Regression),
-            Some(_) => None,
-            None if num_labels == 1 => Some(Self::Regression),
-            None => Some(Self::SingleLabelClassification),
-        }
-    }
-
-    /// Whether an accuracy is defined (not for regression).
-    pub fn has_acc(self) -> bool {
-        self != Self::Regression
-    }
-}
+use crate::task::ProblemType;
 
 /// A sample's target in the form the loss needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,12 +25,12 @@ pub enum Target {
 pub fn loss<B: Backend>(
     logits: Tensor<B, 2>,
     targets: &[&Target],
-    problem: Problem,
+    problem: ProblemType,
 ) -> Tensor<B, 1> {
     let device = logits.device();
     let [batch, labels] = logits.dims();
     match problem {
-        Problem::SingleLabelClassification => {
+        ProblemType::SingleLabelClassification => {
             let ids: Vec<i64> = targets
                 .iter()
                 .map(|t| match t {
@@ -74,7 +42,7 @@ pub fn loss<B: Backend>(
             let logp = log_softmax(logits, 1).gather(1, ids);
             logp.mean().neg()
         }
-        Problem::MultiLabelClassification => {
+        ProblemType::MultiLabelClassification => {
             let y = dense_targets(targets, batch, labels, problem);
             let y = Tensor::<B, 2>::from_data(TensorData::new(y, [batch, labels]), &device);
             // torch's stable form: max(x, 0) - x·y + log(1 + exp(-|x|))
@@ -82,7 +50,7 @@ pub fn loss<B: Backend>(
             let loss = x.clone().clamp_min(0.0) - x.clone() * y + x.abs().neg().exp().log1p();
             loss.mean()
         }
-        Problem::Regression => {
+        ProblemType::Regression => {
             let y = dense_targets(targets, batch, labels, problem);
             let y = Tensor::<B, 2>::from_data(TensorData::new(y, [batch, labels]), &device);
             (logits - y).powi_scalar(2).mean()
@@ -91,16 +59,21 @@ pub fn loss<B: Backend>(
 }
 
 /// Targets as a row-major `[batch, labels]` f32 matrix (multi-hot or values).
-fn dense_targets(targets: &[&Target], batch: usize, labels: usize, problem: Problem) -> Vec<f32> {
+fn dense_targets(
+    targets: &[&Target],
+    batch: usize,
+    labels: usize,
+    problem: ProblemType,
+) -> Vec<f32> {
     let mut y = vec![0f32; batch * labels];
     for (row, t) in targets.iter().enumerate() {
         match (problem, t) {
-            (Problem::MultiLabelClassification, Target::Classes(cs)) => {
+            (ProblemType::MultiLabelClassification, Target::Classes(cs)) => {
                 for &c in cs {
                     y[row * labels + c] = 1.0;
                 }
             }
-            (Problem::Regression, Target::Values(vs)) => {
+            (ProblemType::Regression, Target::Values(vs)) => {
                 y[row * labels..(row + 1) * labels].copy_from_slice(vs);
             }
             (p, t) => panic!("{p:?} loss cannot use target {t:?}"),
@@ -114,7 +87,7 @@ pub fn correct(
     logits: &[f32],
     labels: usize,
     targets: &[&Target],
-    problem: Problem,
+    problem: ProblemType,
 ) -> Option<Vec<bool>> {
     if !problem.has_acc() {
         return None;
@@ -165,7 +138,7 @@ mod tests {
         let l = loss(
             logits(vec![1., 2., 3., 1., 0., -1.], [2, 3]),
             &[&Target::Class(2), &Target::Class(1)],
-            Problem::SingleLabelClassification,
+            ProblemType::SingleLabelClassification,
         );
         assert!((scalar(l) - 0.907_605_964_444_380_4).abs() < 1e-6);
     }
@@ -176,13 +149,13 @@ mod tests {
         let l = loss(
             logits(vec![2., -1., 0., 3.], [2, 2]),
             &[&Target::Classes(vec![0]), &Target::Classes(vec![0, 1])],
-            Problem::MultiLabelClassification,
+            ProblemType::MultiLabelClassification,
         );
         assert!((scalar(l) - 0.295_481_057_673_720_7).abs() < 1e-6);
         let l = loss(
             logits(vec![1.5, -0.5], [2, 1]),
             &[&Target::Values(vec![1.0]), &Target::Values(vec![0.5])],
-            Problem::Regression,
+            ProblemType::Regression,
         );
         assert!((scalar(l) - 0.625).abs() < 1e-7);
     }
@@ -193,14 +166,14 @@ mod tests {
             &[0.1, 0.9, 0.9, 0.1],
             2,
             &[&Target::Class(1), &Target::Class(1)],
-            Problem::SingleLabelClassification,
+            ProblemType::SingleLabelClassification,
         );
         assert_eq!(c, Some(vec![true, false]));
         let c = correct(
             &[1.0, -1.0, 1.0, 1.0],
             2,
             &[&Target::Classes(vec![0]), &Target::Classes(vec![0])],
-            Problem::MultiLabelClassification,
+            ProblemType::MultiLabelClassification,
         );
         assert_eq!(c, Some(vec![true, false]));
         assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
@@ -209,23 +182,9 @@ mod tests {
                 &[0.0],
                 1,
                 &[&Target::Values(vec![0.0])],
-                Problem::Regression
+                ProblemType::Regression
             )
             .is_none()
         );
-    }
-
-    #[test]
-    fn problem_type_rule() {
-        assert_eq!(Problem::resolve(None, 1), Some(Problem::Regression));
-        assert_eq!(
-            Problem::resolve(None, 11),
-            Some(Problem::SingleLabelClassification)
-        );
-        assert_eq!(
-            Problem::resolve(Some("multi_label_classification"), 11),
-            Some(Problem::MultiLabelClassification)
-        );
-        assert_eq!(Problem::resolve(Some("bogus"), 11), None);
     }
 }

@@ -18,9 +18,10 @@
 //! process-wide RNG, no lock, whatever runs beside it.
 
 use crate::model::lora::with_dropout_stream;
+use crate::task::ProblemType;
 use crate::train::TrainError;
 use crate::train::classifier::{Classifier, SampleSet};
-use crate::train::loss::{self, Problem, Target};
+use crate::train::loss::{self, Target};
 use crate::train::params::{self, PathTensors};
 use crate::train::shards::{Shard, deal};
 use crate::train::spread::Spread;
@@ -46,7 +47,7 @@ pub struct StepWork<'a, S> {
     pub per_device: usize,
     /// Samples per shard (`shards::shard_len`).
     pub shard_len: usize,
-    pub problem: Problem,
+    pub problem: ProblemType,
     pub seed: u64,
     /// 0-based optimizer step (seeds the dropout streams).
     pub step: usize,
@@ -91,10 +92,7 @@ where
     /// Copies of `model` on `devices[1..]` (`devices[0]` is where `model` lives).
     pub fn new(model: &M, devices: Vec<B::Device>, spread: Spread) -> Self {
         assert!(!devices.is_empty(), "at least one device");
-        let copies = devices[1..]
-            .iter()
-            .map(|d| model.clone().fork(d))
-            .collect();
+        let copies = devices[1..].iter().map(|d| model.clone().fork(d)).collect();
         Self {
             devices,
             copies,
@@ -293,8 +291,8 @@ where
     let refs: Vec<&S> = samples.iter().map(|s| s.as_ref()).collect();
     let targets: Vec<&Target> = idx.iter().map(|&i| work.set.target(i)).collect();
     let stream = shard_stream(work.seed, work.step, k, shard.slot);
-    let logits = with_dropout_stream(stream, || model.logits(&refs, device))
-        .map_err(TrainError::Model)?;
+    let logits =
+        with_dropout_stream(stream, || model.logits(&refs, device)).map_err(TrainError::Model)?;
     let div = (work.micro.len() * micro.len()) as f64 / idx.len() as f64;
     shard_backward::<B>(logits, &targets, work.problem, div)
 }
@@ -303,7 +301,7 @@ where
 fn shard_backward<B: AutodiffBackend>(
     logits: burn::tensor::Tensor<B, 2>,
     targets: &[&Target],
-    problem: Problem,
+    problem: ProblemType,
     div: f64,
 ) -> Result<(ShardOut, B::Gradients), TrainError> {
     let labels = logits.dims()[1];

@@ -9,8 +9,9 @@ use crate::model::SeqClassifier;
 use crate::model::config::ModelConfig;
 use crate::model::inputs::{PaddingSide, SampleInputs, collate};
 use crate::model::processor::pixel_rows;
+use crate::task::ProblemType;
 use crate::train::classifier::{Classifier, PeftState, SampleSet};
-use crate::train::loss::{Problem, Target};
+use crate::train::loss::Target;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
@@ -68,7 +69,7 @@ pub enum SampleError {
         split: String,
         index: usize,
         label: String,
-        problem: Problem,
+        problem: ProblemType,
         num_labels: usize,
     },
     #[error("{path}: {msg}")]
@@ -79,7 +80,7 @@ pub enum SampleError {
 pub fn target_of(
     rec: &Record,
     split: &str,
-    problem: Problem,
+    problem: ProblemType,
     num_labels: usize,
 ) -> Result<Target, SampleError> {
     let bad = || SampleError::BadLabel {
@@ -94,19 +95,19 @@ pub fn target_of(
         index: rec.index,
     })?;
     match (problem, label) {
-        (Problem::SingleLabelClassification, Label::Class(c)) if *c < num_labels => {
+        (ProblemType::SingleLabelClassification, Label::Class(c)) if *c < num_labels => {
             Ok(Target::Class(*c))
         }
-        (Problem::MultiLabelClassification, Label::Classes(cs))
+        (ProblemType::MultiLabelClassification, Label::Classes(cs))
             if cs.iter().all(|&c| c < num_labels) =>
         {
             Ok(Target::Classes(cs.clone()))
         }
-        (Problem::Regression, Label::Values(v)) if v.len() == num_labels => {
+        (ProblemType::Regression, Label::Values(v)) if v.len() == num_labels => {
             Ok(Target::Values(v.clone()))
         }
         // A single float label of a 1-label regression may come as a class-like int.
-        (Problem::Regression, Label::Class(c)) if num_labels == 1 => {
+        (ProblemType::Regression, Label::Class(c)) if num_labels == 1 => {
             Ok(Target::Values(vec![*c as f32]))
         }
         _ => Err(bad()),

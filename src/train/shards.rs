@@ -114,7 +114,13 @@ mod tests {
         // 8 replicas × 1 at shards of 2: each replica's sample is its own shard.
         let d = deal(8, 1, 8, 2);
         assert_eq!(d.iter().map(Vec::len).collect::<Vec<_>>(), [1; 8]);
-        assert_eq!(d[7][0], Shard { slot: 7, samples: 7..8 });
+        assert_eq!(
+            d[7][0],
+            Shard {
+                slot: 7,
+                samples: 7..8
+            }
+        );
         // 3 per device at shards of 2: 0..2, 2..3 | 3..5, 5..6.
         assert_eq!(
             flat(&deal(6, 3, 2, 2)),

@@ -96,7 +96,11 @@ mod tests {
             .unwrap()
             .install(|| map_batches(&workers, 10, Spread::Pool, |_, _, i| Ok(i)).unwrap());
         assert_eq!(pool, (0..10).collect::<Vec<_>>());
-        assert!(map_batches(&workers, 0, Spread::Threads, f).unwrap().is_empty());
+        assert!(
+            map_batches(&workers, 0, Spread::Threads, f)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -10,12 +10,12 @@
 //! the uninterrupted one on a deterministic backend (time fields of the log aside).
 
 use crate::adapter::AdapterConfig;
+use crate::task::ProblemType;
 use crate::train::TrainError;
 use crate::train::checkpoint::{self, BestMetric, TrainerState};
 use crate::train::classifier::{Classifier, PeftState, SampleSet};
 use crate::train::data_order::{self, EpochPlan};
 use crate::train::evaluate::{EvalResult, evaluate_on};
-use crate::train::loss::Problem;
 use crate::train::metrics_log::{MetricsLog, Progress, finish_line, num};
 use crate::train::optimizer::{AdamW, AdamWConfig, clip_grad_norm};
 use crate::train::params;
@@ -32,7 +32,7 @@ use std::time::Instant;
 /// Resolved hyperparameters of a run (everything that changes the result).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TrainSpec {
-    pub problem: Problem,
+    pub problem: ProblemType,
     pub num_labels: usize,
     /// Samples per replica per micro-batch (`per_device_train_batch_size`).
     pub train_batch_size: usize,
@@ -115,8 +115,7 @@ fn spec_digest(
         replicas: 1,
         ..spec.clone()
     };
-    let v =
-        serde_json::json!({ "spec": one, "n_train": n_train, "n_val": n_val, "params": paths });
+    let v = serde_json::json!({ "spec": one, "n_train": n_train, "n_val": n_val, "params": paths });
     blake3::hash(v.to_string().as_bytes()).to_hex().to_string()
 }
 
@@ -164,7 +163,11 @@ where
     M::InnerModule: Classifier<B::InnerBackend, S>,
     S: Sync,
 {
-    assert_eq!(devices.len(), spec.replicas.max(1), "one device per replica");
+    assert_eq!(
+        devices.len(),
+        spec.replicas.max(1),
+        "one device per replica"
+    );
     let device = &devices[0];
     let started = Instant::now();
     let global = spec.global_batch_size();

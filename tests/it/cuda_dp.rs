@@ -41,7 +41,11 @@ fn dropout_masks_on_cuda_follow_the_host_hash() {
         .unwrap();
     let scale = (1.0 / keep) as f32;
     for (i, m) in mask.iter().enumerate() {
-        let want = if hashed_keep(i as u32, keep, key) { scale } else { 0.0 };
+        let want = if hashed_keep(i as u32, keep, key) {
+            scale
+        } else {
+            0.0
+        };
         assert_eq!(*m, want, "element {i}");
     }
 }
@@ -66,13 +70,19 @@ fn assert_close(a: &Path, b: &Path, what: &str) {
     for (x, y) in log_lines(a).iter().zip(log_lines(b)) {
         for k in ["loss", "eval_loss", "grad_norm"] {
             if let (Some(p), Some(q)) = (num(x, k), num(&y, k)) {
-                assert!((p - q).abs() <= 1e-5 * p.abs().max(1e-3), "{what}: {k} {p} vs {q}");
+                assert!(
+                    (p - q).abs() <= 1e-5 * p.abs().max(1e-3),
+                    "{what}: {k} {p} vs {q}"
+                );
             }
         }
     }
     for ((k, p), (_, q)) in adapter_values(a).iter().zip(adapter_values(b)) {
         let scale = p.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
-        let diff = p.iter().zip(&q).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        let diff = p
+            .iter()
+            .zip(&q)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(diff <= 1e-5 * scale, "{what}: {k}: {diff}");
     }
 }

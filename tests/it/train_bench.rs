@@ -14,8 +14,9 @@ use pipeline::backend::CpuBackend;
 use pipeline::model::inputs::SampleInputs;
 use pipeline::model::lora::{LoraSpec, TargetSelector};
 use pipeline::model::{SeqClassifier, WeightsSource, load_classifier_from};
+use pipeline::task::ProblemType;
 use pipeline::train::checkpoint::BestMetric;
-use pipeline::train::loss::{Problem, Target};
+use pipeline::train::loss::Target;
 use pipeline::train::optimizer::AdamWConfig;
 use pipeline::train::schedule::ScheduleKind;
 use pipeline::train::{InMemorySet, RunOptions, TrainSpec, train};
@@ -63,7 +64,7 @@ fn train_step_throughput_tiny() {
         .collect();
     let set = InMemorySet::new(samples, (0..n).map(|i| Target::Class(i % 11)).collect());
     let spec = TrainSpec {
-        problem: Problem::SingleLabelClassification,
+        problem: ProblemType::SingleLabelClassification,
         num_labels: 11,
         train_batch_size: 1,
         eval_batch_size: 1,

@@ -25,7 +25,12 @@ fn at(replicas: usize, per_device: usize) -> TrainSpec {
     }
 }
 
-fn run(dir: &Path, spec: &TrainSpec, stop: Option<usize>, spread: Spread) -> Result<(), TrainError> {
+fn run(
+    dir: &Path,
+    spec: &TrainSpec,
+    stop: Option<usize>,
+    spread: Spread,
+) -> Result<(), TrainError> {
     run_probe_spread(dir, spec, stop, 0.1, Some(spread))
 }
 
@@ -48,7 +53,11 @@ fn replicas_at_one_global_batch_train_bit_for_bit_like_one_device() {
     on_threads(2, || run(one.path(), &at(1, 8), None, Spread::Pool)).unwrap();
     // 38 samples at 8 → 5 micro-batches (the last of 6), accum 2 → 3 steps an epoch.
     let lines = log_lines(one.path());
-    let last = lines.iter().rev().find(|l| l.contains_key("global_step")).unwrap();
+    let last = lines
+        .iter()
+        .rev()
+        .find(|l| l.contains_key("global_step"))
+        .unwrap();
     assert_eq!(last["global_step"], 9);
     assert!(lines.iter().any(|l| l.contains_key("eval_loss")));
     for (n, b, spread, threads) in [
@@ -64,7 +73,10 @@ fn replicas_at_one_global_batch_train_bit_for_bit_like_one_device() {
     }
     // Dropout is live: another seed draws other masks.
     let other = tempfile::tempdir().unwrap();
-    let seeded = TrainSpec { seed: 5, ..at(2, 4) };
+    let seeded = TrainSpec {
+        seed: 5,
+        ..at(2, 4)
+    };
     on_threads(2, || run(other.path(), &seeded, None, Spread::Pool)).unwrap();
     assert_ne!(adapter_bytes(one.path()), adapter_bytes(other.path()));
 }
@@ -107,7 +119,9 @@ fn shards_that_do_not_line_up_with_the_replicas_change_only_rounding() {
     // 8 replicas × 1 at shards of 2: each replica's sample is a shard of its own. Without
     // dropout that changes the float summation only.
     let run0 = |dir: &Path, spec: &TrainSpec| {
-        on_threads(2, || run_probe_spread(dir, spec, None, 0.0, Some(Spread::Pool)))
+        on_threads(2, || {
+            run_probe_spread(dir, spec, None, 0.0, Some(Spread::Pool))
+        })
     };
     let one = tempfile::tempdir().unwrap();
     run0(one.path(), &at(1, 8)).unwrap();
@@ -148,7 +162,11 @@ fn step_counts_and_placement_follow_accelerate_and_transformers() {
         assert_eq!(plan.micro.len(), u(&case["steps_in_epoch"]), "{what}");
         assert_eq!(plan.steps(), u(&case["steps_per_epoch"]), "{what}");
         let epochs = case["epochs"].as_f64().unwrap();
-        assert_eq!(max_steps(-1, epochs, plan.steps()), u(&case["max_steps"]), "{what}");
+        assert_eq!(
+            max_steps(-1, epochs, plan.steps()),
+            u(&case["max_steps"]),
+            "{what}"
+        );
         assert_eq!(b * world * accum, u(&case["total_train_batch_size"]));
 
         // Replica r of global micro-batch k takes rank r's batch k. The epoch's last global
@@ -175,7 +193,11 @@ fn step_counts_and_placement_follow_accelerate_and_transformers() {
         let wrap: Vec<usize> = (0..padding.len()).map(|i| i % n).collect();
         assert_eq!(padding, wrap, "{what}: accelerate's top-up");
         let short = n % (b * world);
-        let expected_pad = if world == 1 || short == 0 { 0 } else { b * world - short };
+        let expected_pad = if world == 1 || short == 0 {
+            0
+        } else {
+            b * world - short
+        };
         assert_eq!(padding.len(), expected_pad, "{what}");
     }
 }

@@ -14,8 +14,9 @@ use pipeline::adapter::peft::WEIGHTS_FILE;
 use pipeline::adapter::targets::TargetModules;
 use pipeline::adapter::{AdapterConfig, read_peft_state};
 use pipeline::backend::CpuBackend;
+use pipeline::task::ProblemType;
 use pipeline::train::checkpoint::BestMetric;
-use pipeline::train::loss::{Problem, Target};
+use pipeline::train::loss::Target;
 use pipeline::train::metrics_log::without_time;
 use pipeline::train::optimizer::AdamWConfig;
 use pipeline::train::schedule::ScheduleKind;
@@ -118,7 +119,7 @@ pub(crate) fn split(n: usize, seed: u64) -> InMemorySet<Feat> {
 
 pub(crate) fn spec() -> TrainSpec {
     TrainSpec {
-        problem: Problem::SingleLabelClassification,
+        problem: ProblemType::SingleLabelClassification,
         num_labels: LABELS,
         train_batch_size: 4,
         eval_batch_size: 5,

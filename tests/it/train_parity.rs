@@ -16,8 +16,9 @@ use pipeline::backend::CpuBackend;
 use pipeline::model::inputs::SampleInputs;
 use pipeline::model::lora::{LoraSpec, TargetSelector, select_targets};
 use pipeline::model::{SeqClassifier, WeightsSource, load_classifier_from};
+use pipeline::task::ProblemType;
 use pipeline::train::checkpoint::BestMetric;
-use pipeline::train::loss::{self, Problem, Target};
+use pipeline::train::loss::{self, Target};
 use pipeline::train::optimizer::AdamWConfig;
 use pipeline::train::schedule::ScheduleKind;
 use pipeline::train::{Classifier, InMemorySet, PeftState, RunOptions, TrainSpec, train};
@@ -160,7 +161,7 @@ fn one_forward_backward_matches_peft() {
     let refs: Vec<&SampleInputs> = s.iter().collect();
     let trefs: Vec<&Target> = targets.iter().collect();
     let logits = m.logits(&refs, &Default::default()).unwrap();
-    let l = loss::loss(logits, &trefs, Problem::SingleLabelClassification);
+    let l = loss::loss(logits, &trefs, ProblemType::SingleLabelClassification);
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("parity.json")).unwrap())
             .unwrap();
@@ -192,7 +193,7 @@ fn three_adamw_steps_with_accumulation_match_transformers() {
     let (s, targets) = samples(&t);
     let set = InMemorySet::new(s, targets);
     let spec = TrainSpec {
-        problem: Problem::SingleLabelClassification,
+        problem: ProblemType::SingleLabelClassification,
         num_labels: 3,
         train_batch_size: 2,
         eval_batch_size: 2,

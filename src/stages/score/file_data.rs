@@ -8,10 +8,11 @@ use indicatif::ProgressBar;
 use serde_json::Value;
 
 use crate::data::build::{BuildOptions, SplitSource, Truncation, build_dataset, resolve};
-use crate::data::label::{LabelSpec, ProblemType};
+use crate::data::label::LabelSpec;
 use crate::data::record::{Record, load_split};
 use crate::experiment::schema::{Common, default_max_pixels, default_min_pixels, default_system};
 use crate::graph::{StageContext, StageError};
+use crate::task::ProblemType;
 
 /// Split name of a scored file inside the score stage's `data/` directory.
 const SPLIT: &str = "score";
