@@ -78,6 +78,15 @@ pub fn cuda_probe() -> &'static CudaProbe {
     PROBE.get_or_init(|| driver::probe(c"libcuda.so.1"))
 }
 
+/// GPUs this process can use (the driver's count, which honours `CUDA_VISIBLE_DEVICES`);
+/// what the binary hands the planner and executor as their `graph::devices::GpuCount`.
+pub fn visible_gpus() -> usize {
+    match cuda_probe() {
+        CudaProbe::Available { devices, .. } => *devices,
+        CudaProbe::NoDriver(_) | CudaProbe::NoGpu(_) => 0,
+    }
+}
+
 /// True when a CUDA driver is loadable and reports at least one GPU.
 pub fn cuda_available() -> bool {
     matches!(cuda_probe(), CudaProbe::Available { .. })
@@ -181,6 +190,28 @@ pub fn cuda_memory(device: &CudaDevice) -> Option<CudaMemory> {
     })
 }
 
+/// Memory a stage on a device of `kind` (`cpu` or `cuda`) can count on at most, and where
+/// the number comes from: the CPU's `MemAvailable` (Linux), or the total memory of GPU 0.
+/// `None` when unknown.
+pub fn device_memory(kind: &str) -> Option<(u64, &'static str)> {
+    if kind == "cpu" {
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kb: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        return Some((kb * 1024, "MemAvailable"));
+    }
+    if !cuda_available() {
+        return None;
+    }
+    driver::total_memory(0).map(|b| (b, "the total memory of cuda:0"))
+}
+
 fn version_string(v: i32) -> String {
     format!("{}.{}", v / 1000, (v % 1000) / 10)
 }
@@ -200,6 +231,40 @@ mod driver {
     const RTLD_NOW: c_int = 2;
 
     type CuInit = unsafe extern "C" fn(flags: u32) -> c_int;
+    type CuDeviceGet = unsafe extern "C" fn(device: *mut c_int, ordinal: c_int) -> c_int;
+    type CuTotalMem = unsafe extern "C" fn(bytes: *mut usize, device: c_int) -> c_int;
+
+    /// `cuDeviceTotalMem_v2` of GPU `ordinal` (the driver is initialised by the probe).
+    pub fn total_memory(ordinal: i32) -> Option<u64> {
+        // SAFETY: dlopen of the library the probe already loaded; null is handled.
+        let handle = unsafe { dlopen(c"libcuda.so.1".as_ptr(), RTLD_NOW) };
+        if handle.is_null() {
+            return None;
+        }
+        // SAFETY: live handle, NUL-terminated names.
+        let (get, total) = unsafe {
+            (
+                dlsym(handle, c"cuDeviceGet".as_ptr()),
+                dlsym(handle, c"cuDeviceTotalMem_v2".as_ptr()),
+            )
+        };
+        if get.is_null() || total.is_null() {
+            return None;
+        }
+        // SAFETY: cuda.h signatures: CUresult cuDeviceGet(CUdevice*, int),
+        // CUresult cuDeviceTotalMem_v2(size_t*, CUdevice).
+        let (get, total) = unsafe {
+            (
+                std::mem::transmute::<*mut c_void, CuDeviceGet>(get),
+                std::mem::transmute::<*mut c_void, CuTotalMem>(total),
+            )
+        };
+        let mut dev: c_int = 0;
+        let mut bytes: usize = 0;
+        // SAFETY: valid out-pointers; cuInit ran in the probe.
+        let ok = unsafe { get(&mut dev, ordinal) == 0 && total(&mut bytes, dev) == 0 };
+        ok.then_some(bytes as u64)
+    }
     type CuCount = unsafe extern "C" fn(count: *mut c_int) -> c_int;
     type CuVersion = unsafe extern "C" fn(version: *mut c_int) -> c_int;
 

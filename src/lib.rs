@@ -12,12 +12,15 @@
 pub mod adapter;
 pub mod backend;
 pub mod bench;
+pub mod checksums;
 pub mod data;
 pub mod experiment;
 pub mod export;
 pub mod graph;
 pub mod model;
+pub mod paths;
 pub mod report;
+pub mod safetensors_io;
 pub mod stages;
 pub mod store;
 pub mod task;

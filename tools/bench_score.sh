@@ -2,9 +2,9 @@
 # Scoring throughput on the CPU: the score stage (tiny preset, LoRA r=32 on every LLM and ViT
 # linear as the baseline, shapes11 val split = 220 samples at max_pixels 12544 → one 112×112
 # image = 16 image tokens, ~106 tokens per sample) against the PyTorch eval forward of
-# tools/bench/torch_baseline.py on the same config (transformers + PEFT, batch 1).
+# tools/bench/torch_baseline.py on the same shapes (transformers + PEFT, batch 1).
 #
-#   cargo build --release --examples && tools/bench_score.sh [batch_size]
+#   cargo build --release && tools/bench_score.sh [batch_size]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bs="${1:-1}"
@@ -42,7 +42,6 @@ import json, sys
 m = json.load(open(sys.argv[1]))
 print(json.dumps({"bench": "score_stage", "samples": m["num_samples"], **m["runtime"]}))
 PY
-"$root/target/release/examples/bench_forward" --config-out "$work/tiny_config.json" --iters 1 >/dev/null
-python3 "$root/tools/bench/torch_baseline.py" --config "$work/tiny_config.json" --device cpu \
+python3 "$root/tools/bench/torch_baseline.py" --size tiny --device cpu \
   --pixels 12544 --text 40 --steps 20 2>/dev/null \
   | python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({"bench": "torch_eval_forward", "seq_tokens": d["seq_tokens"], "eval_samples_per_s": d["eval_samples_per_s"], "threads": d["threads"]}))'

@@ -1,6 +1,6 @@
 //! PEFT LoRA adapters on disk: the one reader/writer of `adapter_config.json` +
 //! `adapter_model.safetensors` used by training checkpoints, the export stage and imports
-//! (`adapter = "path"`), plus safetensors I/O of host tensors.
+//! (`adapter = "path"`).
 //!
 //! Module names inside this crate are transformers ≥ 4.52 in-memory names
 //! (`model.language_model.layers.3.self_attn.q_proj`, `model.visual.blocks.0.attn.qkv`,
@@ -10,7 +10,6 @@ pub mod apply;
 pub mod check;
 pub mod keys;
 pub mod peft;
-pub mod safetensors_io;
 pub mod targets;
 
 use std::path::PathBuf;
@@ -41,8 +40,8 @@ pub enum AdapterError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("{path}: invalid safetensors file: {message}")]
-    Safetensors { path: PathBuf, message: String },
+    #[error(transparent)]
+    File(#[from] crate::safetensors_io::TensorFileError),
     #[error("{path}: field `{field}`: {message}")]
     Config {
         path: PathBuf,

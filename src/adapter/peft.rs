@@ -10,16 +10,18 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::TensorData;
+use burn::tensor::{DType, TensorData};
 use serde_json::{Map, Value, json};
 
 use super::AdapterError;
 use super::keys::{self, AdapterKey, Factor, KeyLayout, KeyProblem};
-use super::safetensors_io::{read_tensors, to_f32, write_tensors};
 use super::targets::{TargetModules, exact_regex};
+use crate::safetensors_io::{read_tensors, to_f32, write_tensors};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// ms-swift's run settings beside an adapter.
+pub const ARGS_FILE: &str = "args.json";
 
 /// The LoRA hyper-parameters of an adapter (the fields of adapter_config.json we use).
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +33,9 @@ pub struct AdapterConfig {
     pub target_modules: TargetModules,
     pub modules_to_save: Vec<String>,
     pub base_model_name_or_path: String,
+    /// Written beside as `args.json` (the run's settings in ms-swift's layout, which
+    /// `swift infer --adapters DIR` reads); not part of adapter_config.json.
+    pub args_json: Option<Value>,
 }
 
 impl AdapterConfig {
@@ -51,6 +56,7 @@ impl AdapterConfig {
             target_modules: TargetModules::Regex(exact_regex(modules)),
             modules_to_save: vec![keys::SCORE.to_string()],
             base_model_name_or_path: base_model_name_or_path.to_string(),
+            args_json: None,
         }
     }
 
@@ -192,6 +198,7 @@ impl AdapterConfig {
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string(),
+            args_json: None,
         })
     }
 }
@@ -248,7 +255,8 @@ pub fn write_peft_adapter(
 }
 
 /// Write an adapter directory from a PEFT state dict (keys already in PEFT form, e.g.
-/// from [`keys::lora_key`]); tensors are stored as f32. The directory is created.
+/// from [`keys::lora_key`]); tensors are stored as f32, except bf16 ones, which stay bf16
+/// (a bf16 run's head, as ms-swift saves it). The directory is created.
 pub fn write_peft_state(
     dir: &Path,
     config: &AdapterConfig,
@@ -260,9 +268,17 @@ pub fn write_peft_state(
     })?;
     let tensors: Vec<(String, TensorData)> = tensors
         .iter()
-        .map(|(k, t)| (k.clone(), to_f32(t)))
+        .map(|(k, t)| match t.dtype {
+            DType::BF16 => (k.clone(), t.clone()),
+            _ => (k.clone(), to_f32(t)),
+        })
         .collect();
     write_tensors(&dir.join(WEIGHTS_FILE), &tensors)?;
+    if let Some(args) = &config.args_json {
+        let path = dir.join(ARGS_FILE);
+        let text = serde_json::to_string_pretty(args).expect("JSON values serialize");
+        std::fs::write(&path, text + "\n").map_err(|source| AdapterError::Io { path, source })?;
+    }
     let cfg_path = dir.join(CONFIG_FILE);
     let text = serde_json::to_string_pretty(&config.to_json()).expect("JSON values serialize");
     std::fs::write(&cfg_path, text + "\n").map_err(|source| AdapterError::Io {

@@ -1,14 +1,15 @@
-//! Benchmark parameters, their defaults (the seed's 7B workload) and a flag parser shared by
-//! `examples/bench.rs` and the `pipeline bench` subcommand.
+//! Benchmark parameters, their defaults (the seed's 7B workload) and the one flag parser
+//! ([`BenchFlags`], clap) shared by the `pipeline bench` subcommand and `examples/bench.rs`.
 
 use std::path::PathBuf;
 
 use burn::tensor::DType;
 
 use super::BenchError;
+use crate::model::config::Depth;
 
 /// Which phases to time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchMode {
     /// Forward + backward + AdamW over the trainable (LoRA + score) parameters.
     Train,
@@ -18,16 +19,6 @@ pub enum BenchMode {
 }
 
 impl BenchMode {
-    pub fn parse(s: &str) -> Result<Self, BenchError> {
-        match s {
-            "train" => Ok(Self::Train),
-            "eval" => Ok(Self::Eval),
-            "both" => Ok(Self::Both),
-            other => Err(BenchError::Args(format!(
-                "--mode {other:?} (valid: train, eval, both)"
-            ))),
-        }
-    }
     pub fn train(self) -> bool {
         matches!(self, Self::Train | Self::Both)
     }
@@ -52,14 +43,19 @@ impl std::fmt::Display for BenchModel {
     }
 }
 
+/// `--grad-ckpt on|off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
 /// Parse `float32`/`f32`/`bfloat16`/`bf16`.
-pub fn parse_dtype(s: &str) -> Result<DType, BenchError> {
+pub fn parse_dtype(s: &str) -> Result<DType, String> {
     match s {
         "float32" | "f32" | "fp32" => Ok(DType::F32),
         "bfloat16" | "bf16" => Ok(DType::BF16),
-        other => Err(BenchError::Args(format!(
-            "--dtype {other:?} (valid: float32, bfloat16)"
-        ))),
+        other => Err(format!("{other:?} (valid: float32, bfloat16)")),
     }
 }
 
@@ -79,6 +75,7 @@ pub fn dtype_name(d: DType) -> &'static str {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchArgs {
     pub model: BenchModel,
+    pub depth: Depth,
     /// `cpu`, `cuda`, `cuda:N` or `auto`.
     pub device: String,
     /// `None`: bfloat16 on CUDA, float32 on the CPU (like the PyTorch baseline).
@@ -92,12 +89,20 @@ pub struct BenchArgs {
     pub warmup: usize,
     pub mode: BenchMode,
     pub seed: u64,
+    /// Data-parallel replicas of the train phase (`--nproc-per-node`).
+    pub replicas: usize,
+    /// Their CUDA devices (`--replica-devices cuda:0,cuda:1`); empty: `cuda:0..N-1` when
+    /// visible, else all on the bench device.
+    pub replica_devices: Vec<String>,
+    /// Train with gradient checkpointing (`--grad-ckpt on|off`).
+    pub grad_ckpt: bool,
 }
 
 impl Default for BenchArgs {
     fn default() -> Self {
         Self {
             model: BenchModel::Preset("qwen2.5-vl-7b".into()),
+            depth: Depth::default(),
             device: "auto".into(),
             dtype: None,
             pixels: 1_003_520,
@@ -109,57 +114,121 @@ impl Default for BenchArgs {
             warmup: 1,
             mode: BenchMode::Both,
             seed: 0,
+            replicas: 1,
+            replica_devices: Vec::new(),
+            grad_ckpt: true,
         }
     }
 }
 
-/// Flags accepted by [`BenchArgs::from_flags`], for usage messages.
-pub const FLAGS: &str = "[--preset NAME | --model DIR] [--device cpu|cuda|cuda:N|auto] \
-[--dtype float32|bfloat16] [--pixels N] [--text N] [--batch N] [--rank N] [--freeze-vit] \
-[--steps N] [--warmup N] [--mode train|eval|both] [--seed N]";
+impl BenchArgs {
+    /// The smallest workload: the tiny preset on the CPU, one 112×112 image and 40 text
+    /// tokens at rank 4, one warm-up step (tests and smoke runs).
+    pub fn tiny_cpu() -> Self {
+        BenchArgs {
+            model: BenchModel::Preset("tiny".into()),
+            device: "cpu".into(),
+            pixels: 12_544,
+            text_tokens: 40,
+            lora_rank: 4,
+            warmup: 1,
+            ..Default::default()
+        }
+    }
+}
+
+/// The benchmark's flags; defaults from [`BenchArgs::default`].
+#[derive(Debug, clap::Args)]
+pub struct BenchFlags {
+    /// Built-in model shapes with random weights (tiny, qwen2.5-vl-3b, qwen2.5-vl-7b).
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+    /// A Hugging Face model directory instead of a preset.
+    #[arg(long, value_name = "DIR", conflicts_with = "preset")]
+    pub model: Option<PathBuf>,
+    /// Keep the first N LLM layers of the model or preset (its widths unchanged).
+    #[arg(long, value_name = "N")]
+    pub layers: Option<usize>,
+    /// Keep the first M ViT blocks; the last kept one gets full attention if none of them has.
+    #[arg(long, value_name = "M")]
+    pub vision_blocks: Option<usize>,
+    /// Gradient checkpointing in the train phase (ms-swift's default: on).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub grad_ckpt: OnOff,
+    /// auto | cpu | cuda | cuda:N.
+    #[arg(long, default_value_t = BenchArgs::default().device)]
+    pub device: String,
+    /// float32 | bfloat16 (default: bfloat16 on CUDA, float32 on the CPU).
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<DType>,
+    /// Image pixels (the baseline's grid for this budget, 4:5 aspect).
+    #[arg(long, default_value_t = BenchArgs::default().pixels)]
+    pub pixels: usize,
+    /// Text tokens around the image.
+    #[arg(long, default_value_t = BenchArgs::default().text_tokens)]
+    pub text: usize,
+    #[arg(long, default_value_t = BenchArgs::default().batch)]
+    pub batch: usize,
+    /// LoRA rank on every LLM and ViT linear.
+    #[arg(long, default_value_t = BenchArgs::default().lora_rank)]
+    pub rank: usize,
+    /// Train the LLM's LoRA only (ViT frozen).
+    #[arg(long)]
+    pub freeze_vit: bool,
+    /// Timed steps per phase.
+    #[arg(long, default_value_t = BenchArgs::default().steps)]
+    pub steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = BenchArgs::default().warmup)]
+    pub warmup: usize,
+    #[arg(long, value_enum, default_value_t = BenchMode::Both)]
+    pub mode: BenchMode,
+    #[arg(long, default_value_t = BenchArgs::default().seed)]
+    pub seed: u64,
+    /// Data-parallel replicas of the train phase (each `--batch` samples a step).
+    #[arg(long, default_value_t = BenchArgs::default().replicas)]
+    pub nproc_per_node: usize,
+    /// The replicas' CUDA devices, e.g. `cuda:0,cuda:0` (default: cuda:0..N-1 when visible,
+    /// else all on the bench device).
+    #[arg(long, value_delimiter = ',', value_name = "cuda:N,…")]
+    pub replica_devices: Vec<String>,
+}
+
+impl BenchFlags {
+    /// The run these flags describe, checked.
+    pub fn into_args(self) -> Result<BenchArgs, BenchError> {
+        let model = match (self.preset, self.model) {
+            (_, Some(dir)) => BenchModel::Dir(dir),
+            (Some(name), None) => BenchModel::Preset(name),
+            (None, None) => BenchArgs::default().model,
+        };
+        let args = BenchArgs {
+            model,
+            depth: Depth {
+                layers: self.layers,
+                vision_blocks: self.vision_blocks,
+            },
+            device: self.device,
+            dtype: self.dtype,
+            pixels: self.pixels,
+            text_tokens: self.text,
+            batch: self.batch,
+            lora_rank: self.rank,
+            freeze_vit: self.freeze_vit,
+            steps: self.steps,
+            warmup: self.warmup,
+            mode: self.mode,
+            seed: self.seed,
+            replicas: self.nproc_per_node,
+            replica_devices: self.replica_devices,
+            grad_ckpt: self.grad_ckpt == OnOff::On,
+        };
+        args.validate()?;
+        Ok(args)
+    }
+}
 
 impl BenchArgs {
-    /// Parse `--flag value` pairs over the defaults; unknown flags are errors.
-    pub fn from_flags(flags: &[String]) -> Result<Self, BenchError> {
-        let mut a = Self::default();
-        let mut it = flags.iter();
-        while let Some(flag) = it.next() {
-            if flag == "--freeze-vit" {
-                a.freeze_vit = true;
-                continue;
-            }
-            let value = it
-                .next()
-                .ok_or_else(|| BenchError::Args(format!("{flag} needs a value")))?;
-            let num = |v: &str| {
-                v.parse::<usize>().map_err(|_| {
-                    BenchError::Args(format!("{flag} {v:?}: expected a non-negative integer"))
-                })
-            };
-            match flag.as_str() {
-                "--preset" => a.model = BenchModel::Preset(value.clone()),
-                "--model" => a.model = BenchModel::Dir(PathBuf::from(value)),
-                "--device" => a.device = value.clone(),
-                "--dtype" => a.dtype = Some(parse_dtype(value)?),
-                "--pixels" => a.pixels = num(value)?,
-                "--text" => a.text_tokens = num(value)?,
-                "--batch" => a.batch = num(value)?,
-                "--rank" => a.lora_rank = num(value)?,
-                "--steps" => a.steps = num(value)?,
-                "--warmup" => a.warmup = num(value)?,
-                "--mode" => a.mode = BenchMode::parse(value)?,
-                "--seed" => a.seed = num(value)? as u64,
-                other => {
-                    return Err(BenchError::Args(format!(
-                        "unknown flag {other:?}; usage: {FLAGS}"
-                    )));
-                }
-            }
-        }
-        a.validate()?;
-        Ok(a)
-    }
-
     pub fn validate(&self) -> Result<(), BenchError> {
         let bad = |m: &str| Err(BenchError::Args(m.to_string()));
         if self.batch == 0 {
@@ -171,6 +240,12 @@ impl BenchArgs {
         if self.lora_rank == 0 {
             return bad("--rank must be at least 1 (the benchmark trains LoRA adapters)");
         }
+        if self.replicas == 0 {
+            return bad("--nproc-per-node must be at least 1");
+        }
+        if self.depth.layers == Some(0) || self.depth.vision_blocks == Some(0) {
+            return bad("--layers and --vision-blocks must be at least 1");
+        }
         if self.text_tokens < 23 {
             return bad("--text must be at least 23 (the prompt frame around the image)");
         }
@@ -181,14 +256,23 @@ impl BenchArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
-    fn flags(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        flags: BenchFlags,
+    }
+
+    fn parse(s: &str) -> Result<BenchArgs, String> {
+        let argv = std::iter::once("bench").chain(s.split_whitespace());
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        cli.flags.into_args().map_err(|e| e.to_string())
     }
 
     #[test]
     fn defaults_are_the_seed_workload() {
-        let a = BenchArgs::from_flags(&[]).unwrap();
+        let a = parse("").unwrap();
         assert_eq!(a, BenchArgs::default());
         assert_eq!(a.model, BenchModel::Preset("qwen2.5-vl-7b".into()));
         assert_eq!((a.pixels, a.text_tokens, a.batch), (1_003_520, 120, 1));
@@ -200,10 +284,11 @@ mod tests {
 
     #[test]
     fn parses_every_flag() {
-        let a = BenchArgs::from_flags(&flags(
+        let a = parse(
             "--preset tiny --device cpu --dtype bf16 --pixels 12544 --text 40 --batch 2 \
-             --rank 16 --freeze-vit --steps 3 --warmup 0 --mode train --seed 7",
-        ))
+             --rank 16 --freeze-vit --steps 3 --warmup 0 --mode train --seed 7 --layers 2 \
+             --vision-blocks 4 --nproc-per-node 2 --replica-devices cuda:0,cuda:0",
+        )
         .unwrap();
         assert_eq!(a.model, BenchModel::Preset("tiny".into()));
         assert_eq!(a.dtype, Some(DType::BF16));
@@ -212,22 +297,32 @@ mod tests {
             (12544, 40, 2, 16)
         );
         assert!(a.freeze_vit);
+        assert_eq!((a.depth.layers, a.depth.vision_blocks), (Some(2), Some(4)));
         assert_eq!(
             (a.steps, a.warmup, a.mode, a.seed),
             (3, 0, BenchMode::Train, 7)
         );
-        let m = BenchArgs::from_flags(&flags("--model /tmp/m")).unwrap();
-        assert_eq!(m.model, BenchModel::Dir("/tmp/m".into()));
+        assert_eq!(a.replicas, 2);
+        assert_eq!(a.replica_devices, ["cuda:0", "cuda:0"]);
+        assert!(a.grad_ckpt);
+        let c = parse("--model /tmp/m --layers 2 --vision-blocks 4 --grad-ckpt off").unwrap();
+        assert_eq!(c.model, BenchModel::Dir("/tmp/m".into()));
+        assert_eq!((c.depth.layers, c.depth.vision_blocks), (Some(2), Some(4)));
+        assert!(!c.grad_ckpt);
     }
 
     #[test]
     fn bad_flags_are_clear_errors() {
-        let e = |s: &str| BenchArgs::from_flags(&flags(s)).unwrap_err().to_string();
+        let e = |s: &str| parse(s).unwrap_err();
         assert!(e("--dtype f16").contains("valid: float32, bfloat16"));
-        assert!(e("--mode fast").contains("valid: train, eval, both"));
-        assert!(e("--steps").contains("needs a value"));
-        assert!(e("--steps x").contains("non-negative integer"));
+        assert!(e("--mode fast").contains("[possible values: train, eval, both]"));
+        assert!(e("--steps").contains("a value is required"));
+        assert!(e("--steps x").contains("invalid digit"));
         assert!(e("--steps 0").contains("at least 1"));
-        assert!(e("--bogus 1").contains("usage"));
+        assert!(e("--nproc-per-node 0").contains("at least 1"));
+        assert!(e("--bogus 1").contains("unexpected argument"));
+        assert!(e("--preset tiny --model /m").contains("cannot be used with"));
+        assert!(e("--grad-ckpt yes").contains("[possible values: on, off]"));
+        assert!(e("--layers 0").contains("at least 1"));
     }
 }

@@ -6,13 +6,16 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::model::classifier::SeqClassifier;
+use crate::model::classifier::load_classifier_at_depth;
+use crate::model::config::Depth;
 use crate::model::config::ModelConfig;
 use crate::model::inputs::SampleInputs;
-use crate::model::lora::{LoraLinear, LoraSpec, TargetSelector, derive_seed};
+use crate::model::lora::{LoraLinear, LoraSpec, TargetSelector};
+use crate::model::seed::derive_seed;
 use crate::model::text::TextModel;
 use crate::model::vision::VisionModel;
 use crate::model::weights::{RandomSource, seeded_normal};
-use crate::model::{ModelError, WeightsSource, load_classifier_from};
+use crate::model::{ModelError, WeightsSource};
 
 use super::args::BenchModel;
 
@@ -88,20 +91,26 @@ pub fn lora_spec(rank: usize, freeze_vit: bool) -> LoraSpec {
     }
 }
 
-/// The classifier under test with fresh LoRA adapters (base frozen).
+/// The classifier under test, cut to `depth`, with fresh LoRA adapters (base frozen).
 pub fn bench_model<B: Backend>(
     model: &BenchModel,
+    depth: Depth,
     dtype: DType,
     spec: &LoraSpec,
     seed: u64,
     device: &B::Device,
 ) -> Result<SeqClassifier<B>, ModelError> {
     let m = match model {
-        BenchModel::Dir(dir) => {
-            load_classifier_from::<B>(WeightsSource::Dir(dir), NUM_LABELS, dtype, seed, device)?
-        }
+        BenchModel::Dir(dir) => load_classifier_at_depth::<B>(
+            WeightsSource::Dir(dir),
+            depth,
+            NUM_LABELS,
+            dtype,
+            seed,
+            device,
+        )?,
         BenchModel::Preset(name) => {
-            let config = crate::model::presets::preset_config(name)?;
+            let config = crate::model::presets::preset_config(name)?.with_depth(depth)?;
             B::seed(device, seed);
             let mut src = RandomSource::<B> {
                 seed,

@@ -23,26 +23,66 @@ use super::smart_resize::{IMAGE_FACTOR, MERGE_SIZE, PATCH_SIZE, smart_resize};
 use super::stats::{DatasetStats, ImageStats, SplitStats};
 use super::template::{encode_prompt, render_prompt};
 
-/// What to do with rows longer than `max_length` tokens.
+/// What to do with rows longer than `max_length` tokens (ms-swift's `truncation_strategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Truncation {
-    /// Fail, listing the offending rows.
+    /// Fail, listing the offending rows (`raise`; also spelled `error`).
     Error,
-    /// Drop them and report the count.
+    /// Drop them and report the count (ms-swift 4's default).
     Delete,
+    /// Keep every image/video pad token and the last (`Left`) or first (`Right`) of the
+    /// other tokens, up to `max_length` in all, as ms-swift's `Template._truncate`.
+    Left,
+    Right,
 }
 
 impl Truncation {
     pub fn parse(s: &str) -> Result<Self, DataError> {
         match s {
-            "error" => Ok(Self::Error),
+            "error" | "raise" => Ok(Self::Error),
             "delete" => Ok(Self::Delete),
+            "left" => Ok(Self::Left),
+            "right" => Ok(Self::Right),
             other => Err(DataError::Param(format!(
-                "truncation_strategy {other:?} is not one of error, delete (cutting a prompt \
-                 would cut image tokens or the pooled last token)"
+                "truncation_strategy {other:?} is not one of delete, left, right, raise"
             ))),
         }
     }
+
+    /// The canonical name (the one in the content key).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "raise",
+            Self::Delete => "delete",
+            Self::Left => "left",
+            Self::Right => "right",
+        }
+    }
+}
+
+/// ms-swift's `Template._truncate`: keep every token in `protected` and the last (`left`)
+/// or first (`right`) `max_length - #protected` others, in their order.
+pub fn truncate_ids(ids: &[u32], max_length: usize, left: bool, protected: &[u32]) -> Vec<u32> {
+    let keep_prot: Vec<bool> = ids.iter().map(|t| protected.contains(t)).collect();
+    let n_prot = keep_prot.iter().filter(|&&p| p).count();
+    let mut keep = keep_prot.clone();
+    if n_prot < max_length {
+        let budget = max_length - n_prot;
+        let others: Vec<usize> = (0..ids.len()).filter(|&i| !keep_prot[i]).collect();
+        let chosen = if left {
+            &others[others.len().saturating_sub(budget)..]
+        } else {
+            &others[..budget.min(others.len())]
+        };
+        for &i in chosen {
+            keep[i] = true;
+        }
+    }
+    ids.iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .map(|(t, _)| *t)
+        .collect()
 }
 
 /// Everything besides the files that shapes the output.
@@ -119,12 +159,20 @@ pub fn resolve(sources: &[SplitSource], labels: &LabelSpec) -> Result<ResolvedDa
                 .images
                 .iter()
                 .map(|written| {
-                    let path =
-                        resolve_image(written, dir).map_err(|tried| DataError::ImageMissing {
-                            loc: row.loc.clone(),
-                            path: written.clone(),
-                            tried,
-                        })?;
+                    let path = resolve_image(written, dir).map_err(|tried| {
+                        match tried.iter().find(|p| p.is_dir()) {
+                            Some(d) => DataError::ImageIsDir {
+                                loc: row.loc.clone(),
+                                path: written.clone(),
+                                dir: d.clone(),
+                            },
+                            None => DataError::ImageMissing {
+                                loc: row.loc.clone(),
+                                path: written.clone(),
+                                tried,
+                            },
+                        }
+                    })?;
                     Ok(*seen.entry(path.clone()).or_insert_with(|| {
                         images.push((path, row.loc.clone()));
                         images.len() - 1
@@ -287,6 +335,11 @@ pub fn tokenize_split(
                 input_ids,
                 label: row.label.clone(),
                 images,
+                messages: row
+                    .messages
+                    .iter()
+                    .map(|m| (m.role.as_str().to_string(), m.content.clone()))
+                    .collect(),
             })
         })
         .collect::<Result<_, DataError>>()?;
@@ -300,6 +353,31 @@ pub fn tokenize_split(
             file: split.source.path.clone(),
             max_length: opts.max_length,
             rows: too_long,
+        });
+    }
+    let mut records = records;
+    let mut too_long = too_long;
+    if matches!(opts.truncation, Truncation::Left | Truncation::Right) {
+        let protected: Vec<u32> = ["<|image_pad|>", "<|video_pad|>"]
+            .iter()
+            .filter_map(|t| tokenizer.token_to_id(t))
+            .collect();
+        for r in records
+            .iter_mut()
+            .filter(|r| r.input_ids.len() > opts.max_length)
+        {
+            r.input_ids = truncate_ids(
+                &r.input_ids,
+                opts.max_length,
+                opts.truncation == Truncation::Left,
+                &protected,
+            );
+        }
+        // Only rows whose image tokens alone exceed max_length stay too long: dropped.
+        too_long.retain(|(i, _)| {
+            records
+                .iter()
+                .any(|r| r.index == *i && r.input_ids.len() > opts.max_length)
         });
     }
     let rows_in_file = records.len();
@@ -376,4 +454,63 @@ fn write_records(path: &Path, records: &[Record]) -> Result<(), DataError> {
         w.write_all(b"\n").map_err(err)?;
     }
     w.flush().map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_keeps_image_pads_like_swift() {
+        // 9 = image pad; ms-swift keeps every pad and fills the rest from the chosen end.
+        let ids = [1, 2, 9, 9, 3, 4, 5];
+        assert_eq!(truncate_ids(&ids, 5, true, &[9]), [9, 9, 3, 4, 5]);
+        assert_eq!(truncate_ids(&ids, 5, false, &[9]), [1, 2, 9, 9, 3]);
+        assert_eq!(truncate_ids(&ids, 2, true, &[9]), [9, 9]);
+        assert_eq!(truncate_ids(&ids, 1, false, &[9]), [9, 9]);
+        for s in ["raise", "error", "delete", "left", "right"] {
+            let t = Truncation::parse(s).unwrap();
+            assert_eq!(Truncation::parse(t.as_str()).unwrap(), t);
+        }
+        assert!(Truncation::parse("split").is_err());
+    }
+
+    #[test]
+    fn cached_png_reads_back_bit_identical() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let out = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(out.path().join("images")).unwrap();
+        let opts = BuildOptions {
+            min_pixels: 3136,
+            max_pixels: 12544,
+            max_length: 1 << 20,
+            truncation: Truncation::Error,
+            system: String::new(),
+            labels: LabelSpec {
+                num_labels: 2,
+                problem_type: crate::task::ProblemType::SingleLabelClassification,
+            },
+        };
+        let loc = RowLoc {
+            file: PathBuf::from("rows.jsonl"),
+            line: Some(1),
+            row: 0,
+        };
+        for (i, src) in ["data/resize/noise.png", "jpeg/baseline_420.jpg"]
+            .iter()
+            .enumerate()
+        {
+            let path = fixtures.join(src);
+            let (want, _) = load_resized(&path, &loc, &opts).unwrap();
+            let im = process_image(i, &path, &loc, &opts, out.path()).unwrap();
+            let file = out.path().join(&im.file);
+            let got = image::open(&file).unwrap();
+            assert!(matches!(got, image::DynamicImage::ImageRgb8(_)), "{src}");
+            assert_eq!(
+                got.to_rgb8(),
+                want,
+                "{src}: pixels change on the way through"
+            );
+        }
+    }
 }

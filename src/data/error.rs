@@ -62,6 +62,18 @@ pub enum DataError {
         path: String,
         tried: Vec<PathBuf>,
     },
+    #[error("{loc}: image {path:?} is a directory ({}), not an image file", dir.display())]
+    ImageIsDir {
+        loc: RowLoc,
+        path: String,
+        dir: PathBuf,
+    },
+    #[error("{}:{line}: not valid UTF-8 (byte {column} of the line); dataset files must be UTF-8 text", path.display())]
+    NotUtf8 {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+    },
     #[error("{loc}: cannot decode image {}: {message}", path.display())]
     ImageDecode {
         loc: RowLoc,

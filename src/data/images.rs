@@ -5,8 +5,8 @@
 //! applies). `.convert('RGB')` drops alpha without compositing and replicates gray.
 //! 16-bit files follow PIL too: 16-bit RGB(A) keeps the high byte; 16-bit gray opens as
 //! `I;16`, which `.convert('RGB')` clips to 255. The `image` crate never applies EXIF
-//! orientation on its own. JPEG decoding (zune-jpeg) may differ from libjpeg-turbo by a
-//! few levels at edges (measured in `tests/it/data_reference.rs`).
+//! orientation on its own. JPEGs go through libjpeg-turbo's decoder (`jpeg`), so their
+//! pixels equal Pillow's exactly.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,8 @@ use image::{DynamicImage, RgbImage};
 
 /// Where an image path written in a row points: absolute paths as they are; relative
 /// ones against the dataset file's folder first, then the current directory. A
-/// `file://` prefix is accepted (qwen-vl-utils does). Err lists the paths tried.
+/// `file://` prefix is accepted (qwen-vl-utils does). Err lists the paths tried (a
+/// directory among them is reported as such by the caller).
 pub fn resolve_image(written: &str, dataset_dir: &Path) -> Result<PathBuf, Vec<PathBuf>> {
     let written = written.strip_prefix("file://").unwrap_or(written);
     let p = Path::new(written);
@@ -37,6 +38,9 @@ pub fn resolve_image(written: &str, dataset_dir: &Path) -> Result<PathBuf, Vec<P
 /// Decode image bytes (format sniffed from the content) and convert to 8-bit RGB as
 /// PIL's `.convert('RGB')` does.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, String> {
+    if super::jpeg::is_jpeg(bytes) {
+        return super::jpeg::decode_jpeg_rgb(bytes);
+    }
     let img = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?

@@ -68,6 +68,16 @@ impl LabelSpec {
             (ProblemType::SingleLabelClassification, Value::Number(_)) => {
                 Ok(Some(Label::Class(class(value)?)))
             }
+            // ms-swift's `int(label)` (Template._seq_cls_encode) also reads "3".
+            (ProblemType::SingleLabelClassification, Value::String(text)) => {
+                match text.trim().parse::<i64>() {
+                    Ok(i) => Ok(Some(Label::Class(class(&Value::from(i))?))),
+                    Err(_) => Err(bad(format!(
+                        "label {value} is not a class index (an integer in 0..{})",
+                        self.num_labels
+                    ))),
+                }
+            }
             (ProblemType::MultiLabelClassification, Value::Array(items)) => {
                 let mut classes = items.iter().map(class).collect::<Result<Vec<_>, _>>()?;
                 classes.sort_unstable();
@@ -169,6 +179,13 @@ mod tests {
     #[test]
     fn bad_labels_say_what_is_wrong() {
         let s = spec(11, None);
+        // String labels read as ms-swift's int(label) reads them.
+        assert_eq!(
+            s.parse(Some(&json!(" 3")), &loc()).unwrap(),
+            Some(Label::Class(3))
+        );
+        assert!(s.parse(Some(&json!("3.0")), &loc()).is_err());
+        assert!(s.parse(Some(&json!("30")), &loc()).is_err());
         let e = s.parse(Some(&json!(11)), &loc()).unwrap_err().to_string();
         assert_eq!(
             e,

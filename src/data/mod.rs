@@ -2,13 +2,14 @@
 //!
 //! Flow (driven by `build::build_dataset`, used by the `dataset` stage):
 //! `rows` (JSON/JSONL → validated rows, labels by `label`) → `images` (resolve, decode,
-//! PIL-style RGB) → `smart_resize` + `resample` (qwen-vl-utils target size, Pillow bicubic)
+//! PIL-style RGB; `jpeg`: libjpeg-turbo) → `smart_resize` + `resample` (qwen-vl-utils target size, Pillow bicubic)
 //! → `template` (Qwen2.5-VL prompt, image pads expanded) → `record` (cached output) +
 //! `stats`.
 
 pub mod build;
 pub mod error;
 pub mod images;
+pub mod jpeg;
 pub mod label;
 pub mod record;
 pub mod resample;

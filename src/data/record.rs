@@ -42,6 +42,10 @@ pub struct Record {
     /// Target, if the row had one (scoring files may not).
     pub label: Option<Label>,
     pub images: Vec<RecordImage>,
+    /// (role, content) of the row's messages as written, for the score stage's output
+    /// (ms-swift echoes them in its infer results).
+    #[serde(default)]
+    pub messages: Vec<(String, String)>,
 }
 
 /// Read `<dir>/<split>.jsonl`; `split` is `train` or `val`. Missing file ⇒ None.

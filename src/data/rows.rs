@@ -53,12 +53,31 @@ pub struct Row {
 /// Read and validate every row of a dataset file (JSON array or JSONL, detected from the
 /// first non-blank character).
 pub fn read_rows(path: &Path, labels: &LabelSpec) -> Result<Vec<Row>, DataError> {
+    if path.is_dir() {
+        return Err(DataError::Read {
+            path: path.to_path_buf(),
+            source: std::io::Error::other("it is a directory; expected a JSON or JSONL file"),
+        });
+    }
     if !path.is_file() {
         return Err(DataError::MissingFile(path.to_path_buf()));
     }
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Read {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Read {
         path: path.to_path_buf(),
         source,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let bad = e.utf8_error().valid_up_to();
+        let line_start = bytes[..bad]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        DataError::NotUtf8 {
+            path: path.to_path_buf(),
+            line: bytes[..bad].iter().filter(|&&b| b == b'\n').count() + 1,
+            column: bad - line_start + 1,
+        }
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut rows = Vec::new();
@@ -252,9 +271,15 @@ fn parse_images(obj: &Map<String, Value>, loc: &RowLoc) -> Result<Vec<String>, D
     };
     let entry = |i: usize, v: &Value| -> Result<String, DataError> {
         match v {
-            Value::String(s) if !s.is_empty() => Ok(s.clone()),
+            Value::String(s) if s.trim().is_empty() => Err(bad(format!(
+                "{key}[{i}] is an empty string; expected an image path"
+            ))),
+            Value::String(s) => Ok(s.clone()),
             Value::Object(o) => match o.get("path") {
-                Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+                Some(Value::String(s)) if s.trim().is_empty() => Err(bad(format!(
+                    "{key}[{i}].path is an empty string; expected an image path"
+                ))),
+                Some(Value::String(s)) => Ok(s.clone()),
                 _ => Err(bad(format!(
                     "{key}[{i}] is an object without a `path` string"
                 ))),

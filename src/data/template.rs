@@ -11,7 +11,9 @@
 //! - a system message in the row replaces the default system prompt (HF template: the
 //!   default is used only when the first message is not a system message);
 //! - the prompt ends with the generation prompt `<|im_start|>assistant\n`, whose final
-//!   `\n` is the token the classifier pools.
+//!   `\n` is the token the classifier pools; a row that ends with an assistant turn has no
+//!   generation prompt (ms-swift encodes such a row as is, in training and in inference),
+//!   so the pooled token is the `\n` after that turn's `<|im_end|>`.
 //!
 //! Tokenizing the whole string with special tokens recognised gives the same ids as
 //! SWIFT's piecewise encoding, since added tokens split the text before pre-tokenization
@@ -64,9 +66,11 @@ pub fn render_prompt(
     for m in messages {
         turn(&mut out, m.role.as_str(), &m.content);
     }
-    out.push_str(IM_START);
-    out.push_str(Role::Assistant.as_str());
-    out.push('\n');
+    if messages.last().is_none_or(|m| m.role != Role::Assistant) {
+        out.push_str(IM_START);
+        out.push_str(Role::Assistant.as_str());
+        out.push('\n');
+    }
     out
 }
 
@@ -114,7 +118,7 @@ mod tests {
             p,
             "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\na<|vision_start|><|image_pad|>\
              <|vision_end|>b<|vision_start|><|image_pad|><|image_pad|><|vision_end|><|im_end|>\n\
-             <|im_start|>assistant\nc<|im_end|>\n<|im_start|>assistant\n"
+             <|im_start|>assistant\nc<|im_end|>\n"
         );
     }
 }

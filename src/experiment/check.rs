@@ -1,12 +1,13 @@
 //! Small helpers shared by the validation passes: located errors, choice checks and
 //! path resolution against the experiment file's folder.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use toml_edit::Table;
 
 use super::error::{ExperimentError, closest, list};
 use super::source::Source;
+use crate::paths::normalize;
 
 /// The file being validated, for locating errors.
 pub(crate) struct Check<'a> {
@@ -57,6 +58,9 @@ impl Check<'_> {
     /// Resolve and require an existing file.
     pub fn existing_file(&self, path: &[&str], value: &str) -> Result<String> {
         let abs = self.resolve(value);
+        self.ensure(!abs.is_dir(), path, || {
+            format!("{} is a directory; expected a file", abs.display())
+        })?;
         self.ensure(abs.is_file(), path, || not_found("file", value, &abs))?;
         Ok(abs.to_string_lossy().into_owned())
     }
@@ -64,6 +68,9 @@ impl Check<'_> {
     /// Resolve and require an existing directory.
     pub fn existing_dir(&self, path: &[&str], value: &str) -> Result<String> {
         let abs = self.resolve(value);
+        self.ensure(!abs.is_file(), path, || {
+            format!("{} is a file; expected a directory", abs.display())
+        })?;
         self.ensure(abs.is_dir(), path, || not_found("directory", value, &abs))?;
         Ok(abs.to_string_lossy().into_owned())
     }
@@ -77,35 +84,5 @@ fn not_found(what: &str, value: &str, abs: &Path) -> String {
             "{what} not found: {} (relative paths resolve against the experiment file's folder)",
             abs.display()
         )
-    }
-}
-
-/// Lexically normalize an absolute path (drop `.`, fold `..`) without touching the disk.
-pub fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push(c);
-                }
-            }
-            other => out.push(other),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn normalizes_lexically() {
-        assert_eq!(
-            normalize(Path::new("/a/b/./../c/d.json")),
-            PathBuf::from("/a/c/d.json")
-        );
     }
 }

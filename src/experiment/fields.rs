@@ -71,7 +71,7 @@ mod tests {
     fn reads_schema_fields() {
         assert_eq!(
             fields_of::<ModelSpec>(),
-            &["preset", "path", "torch_dtype", "device"]
+            &["preset", "path", "model", "torch_dtype", "device"]
         );
         let train = sorted_fields_of::<TrainParams>(&["kind"]);
         assert!(train.contains(&"lora_rank") && train.contains(&"kind"));

@@ -6,9 +6,12 @@
 //! sweep point, or a single unnamed variant when there is no `[sweep]`).
 
 mod check;
+pub mod cluster;
 mod dag;
 pub mod error;
 mod fields;
+pub mod from_swift;
+pub mod hub_model;
 mod parse;
 pub mod reference;
 pub mod schema;
@@ -21,7 +24,8 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
-pub use check::normalize as normalize_path;
+pub use crate::paths::normalize as normalize_path;
+pub use cluster::SlurmSpec;
 pub use error::{ExperimentError, Location};
 pub use schema::Common;
 pub use source::Source;
@@ -48,6 +52,25 @@ impl Loaded {
 
     pub fn is_sweep(&self) -> bool {
         self.sweep.is_some()
+    }
+
+    /// Where the dotted `key` (`stages.train.lora_rank`) is written: its `[sweep]` entry
+    /// when it is swept, else the key (or its nearest written ancestor, for a default).
+    pub fn locate(&self, key: &str) -> Location {
+        let Ok(doc) = toml_edit::ImDocument::parse(self.source.text.clone()) else {
+            return self.source.location(0);
+        };
+        let root = doc.as_table();
+        let swept = root
+            .get("sweep")
+            .and_then(|s| s.as_table_like())
+            .is_some_and(|t| t.contains_key(key));
+        if swept {
+            self.source.value_location(root, &["sweep", key])
+        } else {
+            let parts: Vec<&str> = key.split('.').collect();
+            self.source.value_location(root, &parts)
+        }
     }
 
     /// The variant named `sel`, or at index `sel` (0-based, as in a slurm array).
@@ -119,7 +142,7 @@ fn absolute(path: &Path) -> PathBuf {
     } else {
         std::env::current_dir().unwrap_or_default().join(path)
     };
-    check::normalize(&joined)
+    crate::paths::normalize(&joined)
 }
 
 #[cfg(test)]

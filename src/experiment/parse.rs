@@ -6,6 +6,7 @@ use std::ops::Range;
 use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml_edit::{Item, Table, TableLike, Value};
 
+use super::cluster::SlurmSpec;
 use super::error::{ExperimentError, closest, list};
 use super::fields::sorted_fields_of;
 use super::schema::{
@@ -22,6 +23,7 @@ pub(crate) struct Sections {
     pub model: ModelSpec,
     pub task: TaskSpec,
     pub devices: Option<Vec<String>>,
+    pub slurm: Option<SlurmSpec>,
     /// In file order.
     pub stages: Vec<(String, StageParams)>,
 }
@@ -48,6 +50,7 @@ pub(crate) fn read_sections(src: &Source, root: &Table) -> Result<Sections, Expe
     let name = optional::<String>(src, root, "name")?;
     let seed = optional::<u64>(src, root, "seed")?.unwrap_or_else(super::schema::default_seed);
     let devices = optional::<Vec<String>>(src, root, "devices")?;
+    let slurm = optional::<SlurmSpec>(src, root, "slurm")?;
     let model = required_table::<ModelSpec>(
         src,
         root,
@@ -95,6 +98,7 @@ pub(crate) fn read_sections(src: &Source, root: &Table) -> Result<Sections, Expe
         model,
         task,
         devices,
+        slurm,
         stages: out,
     })
 }

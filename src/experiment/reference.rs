@@ -3,6 +3,7 @@
 //! serde defaults), and a test checks that the table covers exactly the schema's fields
 //! and that the committed document is current, so the two cannot drift.
 
+use super::cluster::SlurmSpec;
 use super::fields::fields_of;
 use super::schema::{DatasetParams, ExportParams, ModelSpec, ScoreParams, TaskSpec, TrainParams};
 use serde::Serialize;
@@ -63,7 +64,7 @@ pub fn sections() -> Vec<Section> {
         },
         Section {
             title: "[model]",
-            intro: "Which weights, in which dtype, on which device. Exactly one of `preset` and `path`.",
+            intro: "Which weights, in which dtype, on which device. Exactly one of `preset`, `path` and `model`.",
             keys: MODEL,
             fields: || fields_of::<ModelSpec>().to_vec(),
             defaults: || defaults_of::<ModelSpec>(""),
@@ -111,6 +112,14 @@ pub fn sections() -> Vec<Section> {
             fields: || with_kind(fields_of::<ScoreParams>()),
             defaults: || defaults_of::<ScoreParams>(""),
             required: &["kind"],
+        },
+        Section {
+            title: "[slurm]",
+            intro: "What each Slurm array task asks for. None of it is part of a stage's key.",
+            keys: SLURM,
+            fields: || fields_of::<SlurmSpec>().to_vec(),
+            defaults: || defaults_of::<SlurmSpec>(""),
+            required: &[],
         },
     ]
 }
@@ -162,6 +171,33 @@ const TOP: &[KeyDoc] = &[
         "Devices the scheduler may place model stages on, e.g. `[\"cuda:0\", \"cuda:1\"]`. \
          Default: every visible GPU with `device = \"auto\"`, else CPU slots.",
     ),
+    k(
+        "slurm",
+        "",
+        "The optional `[slurm]` table: what each array task of `pipeline sweep --submit` \
+         asks for.",
+    ),
+];
+
+const SLURM: &[KeyDoc] = &[
+    k(
+        "cpus_per_task",
+        "",
+        "`#SBATCH --cpus-per-task`; the task runs that many threads. Default: 4 (the CPU \
+         trainer's shards per micro-batch).",
+    ),
+    k(
+        "mem",
+        "",
+        "`#SBATCH --mem` per task (`<n>[K|M|G|T]`, MiB without a unit). Default: an \
+         estimate for the largest variant (README, \"Running on a cluster\").",
+    ),
+    k(
+        "time",
+        "",
+        "`#SBATCH --time` per task: `MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM` or \
+         `D-HH:MM:SS`. Default: none (the partition's limit).",
+    ),
 ];
 
 const MODEL: &[KeyDoc] = &[
@@ -176,6 +212,13 @@ const MODEL: &[KeyDoc] = &[
         "--model",
         "A Hugging Face layout directory: config.json, *.safetensors (+ index), \
          tokenizer.json, preprocessor_config.json.",
+    ),
+    k(
+        "model",
+        "--model",
+        "A hub id (`Qwen/Qwen2.5-VL-7B-Instruct`; a bare name means the Qwen organisation), \
+         taken from the Hugging Face cache (`HF_HUB_CACHE`, `HF_HOME/hub`) or the ModelScope \
+         cache (`MODELSCOPE_CACHE`); never downloaded. One of `preset`, `path`, `model`.",
     ),
     k(
         "torch_dtype",
@@ -241,7 +284,9 @@ const DATASET: &[KeyDoc] = &[
     k(
         "truncation_strategy",
         "--truncation_strategy",
-        "What happens to longer rows: `error` lists them, `delete` drops them with a count.",
+        "What happens to rows longer than max_length: `delete` drops them with a count \
+         (ms-swift 4's default), `left` / `right` cut text tokens from that end and keep \
+         every image pad, `raise` (or `error`) lists them.",
     ),
     k("system", "--system", "System prompt of the chat template."),
 ];
@@ -249,7 +294,16 @@ const DATASET: &[KeyDoc] = &[
 const TRAIN: &[KeyDoc] = &[
     KIND,
     NEEDS,
-    k("train_type", "--train_type", "`lora` (the only one)."),
+    k(
+        "tuner_type",
+        "--tuner_type",
+        "`lora` (the only one). ms-swift 3's `train_type` is read as the same key.",
+    ),
+    k(
+        "train_type",
+        "--train_type",
+        "ms-swift 3's name of `tuner_type`: the same key, accepted for older commands.",
+    ),
     k(
         "adapter",
         "--adapters",
@@ -305,7 +359,7 @@ const TRAIN: &[KeyDoc] = &[
     k(
         "per_device_train_batch_size",
         "--per_device_train_batch_size",
-        "Samples per micro-batch.",
+        "Samples per micro-batch on each replica.",
     ),
     k(
         "per_device_eval_batch_size",
@@ -349,7 +403,7 @@ const TRAIN: &[KeyDoc] = &[
     k(
         "eval_steps",
         "--eval_steps",
-        "Evaluate every N optimizer steps (and at the end). Unset: only at the end.",
+        "Evaluate every N optimizer steps (and at the end). Unset: every save_steps, as ms-swift.",
     ),
     k(
         "save_steps",
@@ -374,13 +428,58 @@ const TRAIN: &[KeyDoc] = &[
     k(
         "data_seed",
         "--data_seed",
-        "Seed of the per-epoch shuffle of the training set.",
+        "Seed of the per-epoch shuffle of the training set (42 whatever `seed` is, as \
+         ms-swift).",
+    ),
+    k(
+        "dataset_shuffle",
+        "--dataset_shuffle",
+        "Shuffle the training set once (with data_seed) before training.",
+    ),
+    k(
+        "train_dataloader_shuffle",
+        "--train_dataloader_shuffle",
+        "Reshuffle the training set every epoch; with both false, file order.",
+    ),
+    k(
+        "attn_impl",
+        "--attn_impl",
+        "`flash_attn`, `sdpa` (memory-efficient attention) or `eager`; recorded in args.json.",
+    ),
+    k(
+        "dataloader_num_workers",
+        "--dataloader_num_workers",
+        "Threads that load and prefetch batches; recorded in args.json.",
+    ),
+    k(
+        "model_author",
+        "--model_author",
+        "Recorded in args.json and the merged export's README.",
+    ),
+    k(
+        "model_name",
+        "--model_name",
+        "Recorded in args.json and the merged export's README.",
+    ),
+    k(
+        "output_dir",
+        "--output_dir",
+        "Also copy the stage's artifacts here when it finishes (never over files pipeline \
+         did not write).",
     ),
     k(
         "nproc_per_node",
         "NPROC_PER_NODE",
-        "Data-parallel replicas, one per device of the pool; each takes \
-         per_device_train_batch_size samples of every micro-batch.",
+        "Data-parallel replicas, one per device of the pool (on the CPU they share the cores); \
+         each takes `per_device_train_batch_size` samples of every micro-batch. At one global \
+         batch the result does not depend on it (README \"Data parallel\").",
+    ),
+    k(
+        "gradient_checkpointing",
+        "--gradient_checkpointing",
+        "Keep only each ViT block's and decoder layer's input in the forward and recompute \
+         the layer in backward: less memory, about one more forward of time, the same \
+         gradients.",
     ),
 ];
 
@@ -440,8 +539,8 @@ const SCORE: &[KeyDoc] = &[
     k(
         "nproc_per_node",
         "NPROC_PER_NODE",
-        "Replicas the batches are spread over, one per device of the pool (scores do not \
-         depend on it).",
+        "Replicas the batches are spread over, one per device of the pool; the scores do not \
+         depend on it.",
     ),
 ];
 
@@ -518,6 +617,8 @@ mod tests {
                     "src/experiment/reference.rs documents `{d}` in {}, which the schema lacks",
                     s.title
                 );
+                let n = documented.iter().filter(|k| *k == d).count();
+                assert_eq!(n, 1, "`{d}` is documented {n} times in {}", s.title);
             }
         }
     }

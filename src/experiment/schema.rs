@@ -23,6 +23,8 @@ pub struct RawExperiment {
     pub sweep: Option<toml::Table>,
     /// Devices the scheduler may pin training stages to (e.g. `["cuda:0", "cuda:1"]`).
     pub devices: Option<Vec<String>>,
+    /// What each Slurm array task asks for (`pipeline sweep --emit slurm`).
+    pub slurm: Option<super::cluster::SlurmSpec>,
 }
 
 pub fn default_seed() -> u64 {
@@ -37,6 +39,9 @@ pub struct ModelSpec {
     pub preset: Option<String>,
     /// Hugging Face layout directory (config.json, *.safetensors, tokenizer.json, ...).
     pub path: Option<String>,
+    /// A hub id (`Qwen/Qwen2.5-VL-7B-Instruct`, ms-swift's `--model`), resolved to the copy
+    /// in the Hugging Face or ModelScope cache (never downloaded); validation sets `path`.
+    pub model: Option<String>,
     #[serde(default = "default_dtype")]
     pub torch_dtype: String,
     #[serde(default = "default_device")]
@@ -82,7 +87,9 @@ pub struct DatasetParams {
     pub min_pixels: u64,
     #[serde(default = "default_max_length")]
     pub max_length: usize,
-    /// `error` (default: list the offending rows) | `delete` (drop them, report the count).
+    /// `delete` (default, as ms-swift 4: drop them, report the count) | `raise` (list the
+    /// offending rows; also spelled `error`) | `left` / `right` (cut tokens other than the
+    /// image pads from that end, as ms-swift).
     #[serde(default = "default_truncation")]
     pub truncation_strategy: String,
     /// System prompt of the chat template.
@@ -100,20 +107,21 @@ fn default_max_length() -> usize {
     2048
 }
 fn default_truncation() -> String {
-    "error".into()
+    "delete".into()
 }
 pub fn default_system() -> String {
     "You are a helpful assistant.".into()
 }
 
-/// `kind = "train"`: `swift sft --task_type seq_cls --train_type lora` flags.
+/// `kind = "train"`: `swift sft --task_type seq_cls --tuner_type lora` flags.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TrainParams {
     #[serde(default)]
     pub needs: Vec<String>,
-    #[serde(default = "default_train_type")]
-    pub train_type: String,
+    /// ms-swift 4's name; `train_type` (ms-swift 3) is read as the same key.
+    #[serde(default = "default_train_type", alias = "train_type")]
+    pub tuner_type: String,
     /// Start from an existing PEFT adapter directory instead of a fresh LoRA init.
     pub adapter: Option<String>,
     #[serde(default = "default_lora_rank")]
@@ -173,13 +181,53 @@ pub struct TrainParams {
     /// `loss` (eval_loss, lower is better) | `acc` (higher is better).
     #[serde(default = "default_metric")]
     pub metric_for_best_model: String,
-    /// Seed for the per-epoch shuffle (ms-swift's data_seed).
+    /// Seed for the per-epoch shuffle (ms-swift's data_seed: 42 whatever `seed` is, as
+    /// ms-swift 4's `DataArguments.data_seed`).
     #[serde(default = "default_seed")]
     pub data_seed: u64,
+    /// ms-swift's shuffle flags (both default true): `train_dataloader_shuffle` reshuffles
+    /// every epoch; without it `dataset_shuffle` gives one fixed shuffled order; neither:
+    /// file order.
+    #[serde(default = "default_true")]
+    pub dataset_shuffle: bool,
+    #[serde(default = "default_true")]
+    pub train_dataloader_shuffle: bool,
+    /// `flash_attn` | `sdpa` | `eager` (ms-swift's `attn_impl`); recorded in args.json.
+    pub attn_impl: Option<String>,
+    /// Threads that load and prefetch batches (ms-swift's `dataloader_num_workers`).
+    pub dataloader_num_workers: Option<usize>,
+    /// Recorded in args.json and the export's README (ms-swift's self-cognition names).
+    pub model_author: Option<NameList>,
+    pub model_name: Option<NameList>,
+    /// Also copy the stage's artifacts here when it finishes (never over files that are
+    /// not ours), as `swift sft --output_dir` keeps them.
+    pub output_dir: Option<String>,
     /// Data-parallel replicas, one per device of the pool (ms-swift's `NPROC_PER_NODE`):
     /// each takes `per_device_train_batch_size` samples of every micro-batch.
     #[serde(default = "default_one")]
     pub nproc_per_node: usize,
+    /// ms-swift's flag: keep only each ViT block's and decoder layer's input in the forward
+    /// and recompute the layer in backward (less memory, about one more forward of time).
+    /// The gradients are the same either way.
+    #[serde(default = "default_true")]
+    pub gradient_checkpointing: bool,
+}
+
+/// A flag that takes one or more strings (`--model_name a b`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum NameList {
+    One(String),
+    List(Vec<String>),
+}
+
+impl NameList {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s.clone()],
+            Self::List(v) => v.clone(),
+        }
+    }
 }
 
 /// `target_modules`: the string `all-linear`, a regex string, or a list of module names.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::cluster::SlurmSpec;
 use super::schema::{Common, DatasetParams, ExportParams, ScoreParams, TrainParams};
 
 /// The stage kinds this binary knows, sorted (as listed in error messages).
@@ -21,6 +22,8 @@ pub struct Experiment {
     pub common: Common,
     /// Devices the scheduler may pin device-bound stages to (empty: one default slot).
     pub devices: Vec<String>,
+    /// What each Slurm array task asks for; not part of any stage's key.
+    pub slurm: SlurmSpec,
     /// Stages in a topological order (every stage after the stages it needs).
     pub stages: Vec<StageSpec>,
 }
@@ -53,6 +56,8 @@ impl StageSpec {
 }
 
 /// Typed parameters by kind (paths resolved to absolute).
+// One per stage, built once at load: the size of the train variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum StageParams {

@@ -9,7 +9,8 @@ pub const SCHEDULERS: [&str; 3] = ["constant", "cosine", "linear"];
 pub const BEST_METRICS: [&str; 2] = ["acc", "loss"];
 pub const CHECKPOINTS: [&str; 2] = ["best", "last"];
 pub const SPLITS: [&str; 2] = ["train", "val"];
-pub const TRUNCATION: [&str; 2] = ["delete", "error"];
+/// ms-swift 4's choices (`raise` is spelled `error` too, this project's first name for it).
+pub const TRUNCATION: [&str; 5] = ["delete", "left", "right", "raise", "error"];
 pub const TRAIN_TYPES: [&str; 1] = ["lora"];
 
 type Stages<'a> = &'a [(String, StageParams)];
@@ -59,6 +60,33 @@ fn dataset(c: &Check, name: &str, mut p: DatasetParams) -> Result<DatasetParams>
     if let Some(d) = &p.dataset {
         p.dataset = Some(c.existing_file(&at("dataset"), d)?);
     }
+    // As with ms-swift (qwen-vl-utils reads them), MAX_PIXELS / MIN_PIXELS in the
+    // environment apply when the file sets no bound; resolved here, so they are in the key.
+    for (key, var) in [("max_pixels", "MAX_PIXELS"), ("min_pixels", "MIN_PIXELS")] {
+        let written = c
+            .root
+            .get("stages")
+            .and_then(|s| s.get(name))
+            .and_then(|t| t.get(key))
+            .is_some();
+        let Some(v) = std::env::var(var)
+            .ok()
+            .filter(|v| !v.is_empty() && !written)
+        else {
+            continue;
+        };
+        let n: u64 = v.trim().parse().map_err(|_| {
+            c.err(
+                &["stages", name],
+                format!("environment variable {var}={v:?} is not a whole number of pixels"),
+            )
+        })?;
+        eprintln!("notice: [stages.{name}] {key} = {n} from the environment variable {var}");
+        match key {
+            "max_pixels" => p.max_pixels = n,
+            _ => p.min_pixels = n,
+        }
+    }
     if let Some(d) = &p.val_dataset {
         p.val_dataset = Some(c.existing_file(&at("val_dataset"), d)?);
     }
@@ -89,7 +117,19 @@ fn train(
     datasets: &[(&str, &DatasetParams)],
 ) -> Result<TrainParams> {
     let at = |k: &'static str| ["stages", name, k];
-    c.choice(&at("train_type"), &p.train_type, &TRAIN_TYPES)?;
+    // Point at the spelling the file used (`train_type` is ms-swift 3's name).
+    let tuner_key = if c
+        .root
+        .get("stages")
+        .and_then(|s| s.get(name))
+        .and_then(|t| t.get("train_type"))
+        .is_some()
+    {
+        "train_type"
+    } else {
+        "tuner_type"
+    };
+    c.choice(&at(tuner_key), &p.tuner_type, &TRAIN_TYPES)?;
     c.ensure(p.lora_rank >= 1, &at("lora_rank"), || {
         "lora_rank must be ≥ 1".into()
     })?;
@@ -189,6 +229,9 @@ fn train(
             format!("eval_steps is set but dataset stage `{dname}` has no `val_dataset`; add one or remove eval_steps")
         })?;
     }
+    if let Some(o) = &p.output_dir {
+        p.output_dir = Some(c.resolve(o).to_string_lossy().into_owned());
+    }
     Ok(p)
 }
 
@@ -215,7 +258,7 @@ pub fn replica_pool_problem(n: usize, pool: &[String]) -> Option<String> {
         Some(format!(
             "needs one kind of device, but {shown} mixing the CPU and GPUs"
         ))
-    } else if cpu == 0 && pool.len() % n != 0 {
+    } else if cpu == 0 && !pool.len().is_multiple_of(n) {
         Some(format!(
             "does not divide {shown}: {} would stay idle; use a divisor of {} or list the devices to use in `devices`",
             pool.len() % n,

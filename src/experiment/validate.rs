@@ -7,6 +7,7 @@ use regex::Regex;
 use toml_edit::Table;
 
 use super::check::{Check, Result};
+use super::cluster::check_slurm;
 use super::dag::check_graph;
 use super::error::list;
 use super::parse::{Sections, read_sections};
@@ -29,6 +30,7 @@ pub(crate) fn validate(src: &Source, root: &Table, file: &Path) -> Result<Experi
         model,
         task,
         devices,
+        slurm,
         stages,
     } = read_sections(src, root)?;
 
@@ -44,6 +46,7 @@ pub(crate) fn validate(src: &Source, root: &Table, file: &Path) -> Result<Experi
     })?;
     let model = check_model(&c, model)?;
     let task = check_task(&c, task)?;
+    let slurm = check_slurm(&c, slurm.unwrap_or_default())?;
     let devices = devices.unwrap_or_default();
     let device_re = Regex::new(r"^(cpu|cuda|cuda:\d+)$").expect("static regex");
     for (i, d) in devices.iter().enumerate() {
@@ -54,6 +57,13 @@ pub(crate) fn validate(src: &Source, root: &Table, file: &Path) -> Result<Experi
             format!("device `{d}` is listed twice")
         })?;
     }
+    // The device kind is part of every model stage's key (CPU and GPU results differ), so
+    // it must be known before the scheduler picks a slot.
+    c.ensure(
+        devices.iter().all(|d| d == "cpu") || !devices.iter().any(|d| d == "cpu"),
+        &["devices"],
+        || "devices mixes `cpu` and CUDA devices; list one kind (results, and so cache keys, differ between them)".into(),
+    )?;
 
     for (name, _) in &stages {
         // No `.`: sweep paths are dotted (`stages.<stage>.<key>`).
@@ -98,6 +108,7 @@ pub(crate) fn validate(src: &Source, root: &Table, file: &Path) -> Result<Experi
         file: file.to_path_buf(),
         common: Common { model, task, seed },
         devices,
+        slurm,
         stages,
     })
 }
@@ -117,21 +128,47 @@ fn is_dir_name(s: &str) -> bool {
 }
 
 fn check_model(c: &Check, mut m: ModelSpec) -> Result<ModelSpec> {
-    match (&m.preset, &m.path) {
-        (Some(_), Some(_)) => {
-            return Err(c.err(
-                &["model", "path"],
-                "set exactly one of `preset` or `path`, not both",
-            ));
-        }
-        (None, None) => {
-            return Err(c.err(
-                &["model"],
-                format!("set exactly one of `preset` (one of: {}) or `path` (a Hugging Face model folder)", list(&MODEL_PRESETS)),
-            ));
-        }
-        (Some(p), None) => c.choice(&["model", "preset"], p, &MODEL_PRESETS)?,
-        (None, Some(p)) => m.path = Some(c.existing_dir(&["model", "path"], p)?),
+    let given: Vec<&str> = [
+        ("preset", m.preset.is_some()),
+        ("path", m.path.is_some()),
+        ("model", m.model.is_some()),
+    ]
+    .iter()
+    .filter(|(_, set)| *set)
+    .map(|(k, _)| *k)
+    .collect();
+    if given.len() != 1 {
+        let at = given.get(1).copied().unwrap_or("");
+        return Err(c.err(
+            &if at.is_empty() { vec!["model"] } else { vec!["model", at] },
+            format!(
+                "set exactly one of `preset` (one of: {}), `path` (a Hugging Face model folder) or `model` (a hub id in the local cache){}",
+                list(&MODEL_PRESETS),
+                if given.is_empty() { String::new() } else { format!(", not {}", given.join(" and ")) }
+            ),
+        ));
+    }
+    if let Some(p) = &m.preset {
+        c.choice(&["model", "preset"], p, &MODEL_PRESETS)?;
+    }
+    if let Some(p) = &m.path {
+        m.path = Some(c.existing_dir(&["model", "path"], p)?);
+    }
+    if let Some(id) = &m.model {
+        let dir = super::hub_model::resolve_hub_model(id).map_err(|looked| {
+            c.err(
+                &["model", "model"],
+                format!(
+                    "{id} is not in a local cache (nothing is downloaded); looked in: {}",
+                    looked
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+        m.path = Some(dir.display().to_string());
     }
     c.choice(&["model", "torch_dtype"], &m.torch_dtype, &DTYPES)?;
     let device_re = Regex::new(r"^(auto|cpu|cuda|cuda:\d+)$").expect("static regex");

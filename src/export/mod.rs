@@ -21,6 +21,8 @@ pub enum ExportError {
     },
     #[error(transparent)]
     Tensors(#[from] AdapterError),
+    #[error(transparent)]
+    File(#[from] crate::safetensors_io::TensorFileError),
     #[error(
         "output_dir {path}: refusing to write there: {why}; choose another directory or remove it"
     )]

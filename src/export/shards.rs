@@ -9,7 +9,7 @@ use burn::tensor::TensorData;
 use serde_json::json;
 
 use super::ExportError;
-use crate::adapter::safetensors_io::write_tensors;
+use crate::safetensors_io::write_tensors;
 
 /// transformers' default `max_shard_size` ("5GB" = 5·10⁹ bytes).
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
@@ -68,7 +68,7 @@ pub fn write_sharded(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapter::safetensors_io::read_tensors;
+    use crate::safetensors_io::read_tensors;
 
     fn tensors() -> Vec<(String, TensorData)> {
         // 40, 40, 100, 8 bytes.

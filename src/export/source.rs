@@ -1,13 +1,12 @@
-//! What the export and score stages need to know about `[model]` and a train stage's
-//! outputs: where the weights come from, the base config, the pad id, which adapter
-//! directory a `checkpoint` setting names.
+//! What the export and score stages need to know about the model and a train stage's
+//! outputs: the dtype, the base config, which adapter directory a `checkpoint` setting
+//! names. Nothing here reads the experiment's types (that glue is in `stages/`).
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::DType;
 use serde_json::Value;
 
-use crate::experiment::schema::ModelSpec;
 use crate::model::ModelSource;
 use crate::model::presets::{preset_config, to_hf_json};
 
@@ -15,15 +14,6 @@ use crate::model::presets::{preset_config, to_hf_json};
 /// (`train::outputs`).
 pub const TRAIN_ADAPTER_DIR: &str = "adapter";
 pub const TRAIN_BEST_FILE: &str = "best";
-
-/// What `base_model_name_or_path` records: the directory, or the preset name.
-pub fn base_model_name(model: &ModelSpec) -> String {
-    model
-        .path
-        .clone()
-        .or_else(|| model.preset.clone())
-        .unwrap_or_default()
-}
 
 /// `torch_dtype` → Burn dtype and its config.json spelling.
 pub fn model_dtype(torch_dtype: &str) -> Result<(DType, &'static str), String> {
@@ -132,15 +122,7 @@ mod tests {
     }
 
     #[test]
-    fn model_spec_resolution() {
-        let spec = |preset: Option<&str>, path: Option<&str>| ModelSpec {
-            preset: preset.map(str::to_string),
-            path: path.map(str::to_string),
-            torch_dtype: "float32".into(),
-            device: "cpu".into(),
-        };
-        assert_eq!(base_model_name(&spec(None, Some("/m"))), "/m");
-        assert_eq!(base_model_name(&spec(Some("tiny"), None)), "tiny");
+    fn model_source_resolution() {
         let cfg = base_config(&ModelSource::Preset("tiny".into())).unwrap();
         assert_eq!(cfg["model_type"], "qwen2_5_vl");
         assert_eq!(model_dtype("bfloat16").unwrap().1, "bfloat16");

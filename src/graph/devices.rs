@@ -5,9 +5,8 @@
 //! for each slot the largest group needs, and the stages running at the same time split the cores
 //! between them (each runs in its own rayon pool, which Burn's Flex backend and our data
 //! code use for their parallel loops), so N trainings do not each start one thread per
-//! core and thrash.
-
-use crate::backend::{CudaProbe, cuda_probe};
+//! core and thrash. How many GPUs there are comes from the caller (`backend::visible_gpus`
+//! in the binary).
 
 /// The slots device-bound stages are dispatched to, one stage per slot at a time.
 ///
@@ -36,12 +35,28 @@ pub fn device_slots(
     }
 }
 
-/// GPUs this process can use (the driver's count, which honours `CUDA_VISIBLE_DEVICES`).
-pub fn visible_gpus() -> usize {
-    match cuda_probe() {
-        CudaProbe::Available { devices, .. } => *devices,
-        CudaProbe::NoDriver(_) | CudaProbe::NoGpu(_) => 0,
+/// The kind of device (`cpu` or `cuda`) device-bound stages will run on: that of the slots
+/// [`device_slots`] makes (an experiment's `devices` never mixes the two kinds).
+pub fn device_kind(
+    devices: &[String],
+    model_device: &str,
+    gpus: impl FnOnce() -> usize,
+) -> &'static str {
+    let slots = device_slots(devices, model_device, (1, 1), gpus);
+    if slots.iter().all(|s| s == "cpu") {
+        "cpu"
+    } else {
+        "cuda"
     }
+}
+
+/// How the caller counts the GPUs this process can use; asked only when a model's `device`
+/// is `auto` (the executor probes no hardware itself).
+pub type GpuCount = fn() -> usize;
+
+/// A [`GpuCount`] for callers that never use a GPU (tests, CPU-only tools).
+pub fn no_gpus() -> usize {
+    0
 }
 
 /// Threads for a stage starting while `width` stages (itself included) are expected to
@@ -79,6 +94,17 @@ mod tests {
         // Two CPU jobs of 2-replica trainings: four slots, two such trainings at a time.
         assert_eq!(device_slots(&[], "cpu", (2, 2), never), s(&["cpu"; 4]));
         assert_eq!(device_slots(&[], "auto", (1, 2), || 0), s(&["cpu"; 2]));
+    }
+
+    #[test]
+    fn the_device_kind_follows_the_slots() {
+        let never = || -> usize { panic!("no GPU probe unless device = \"auto\"") };
+        assert_eq!(device_kind(&s(&["cuda:1"]), "cpu", never), "cuda");
+        assert_eq!(device_kind(&s(&["cpu"]), "auto", never), "cpu");
+        assert_eq!(device_kind(&[], "cpu", never), "cpu");
+        assert_eq!(device_kind(&[], "auto", || 0), "cpu");
+        assert_eq!(device_kind(&[], "auto", || 2), "cuda");
+        assert_eq!(device_kind(&[], "cuda:3", never), "cuda");
     }
 
     #[test]

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant, SystemTime};
 use indicatif::MultiProgress;
 use petgraph::graph::NodeIndex;
 
-use super::devices::{device_slots, thread_share, visible_gpus};
+use super::devices::{device_slots, thread_share};
 use super::error::ExecError;
 use super::plan::{Plan, PlanNode};
 use super::progress::{Progress, human_duration};
 use super::schedule::Scheduler;
-use super::stage::{StageContext, StageError, Upstream};
+use super::stage::{CacheHit, StageContext, StageError, Upstream};
 use crate::store::manifest::rfc3339;
 use crate::store::{KeyLock, Lookup, Manifest, Store, StoreError};
 
@@ -90,7 +90,7 @@ pub fn execute(
         &plan.devices,
         &plan.model_device,
         (opts.jobs, group),
-        visible_gpus,
+        plan.gpus,
     );
     check_pool(plan, &need, &slots)?;
     let mut sched = Scheduler::new(&plan.graph, &plan.order, need, &slots, opts.jobs);
@@ -116,8 +116,8 @@ pub fn execute(
                         }
                         Ok(false) => {}
                         Err(e) => {
-                            progress.line(&format!("✗ {}: {e}", node.label()));
-                            failures.push((node.label(), StageError::Failed(e.into())));
+                            progress.line(&format!("✗ {}: {}", node.label(), one_line(&e)));
+                            failures.push((node.label(), e));
                             sched.start(idx, &[]);
                             sched.finish(idx, &[], false);
                             progressed = true;
@@ -177,7 +177,7 @@ pub fn execute(
     }
     let all_input = failures
         .iter()
-        .all(|(_, e)| matches!(e, StageError::Input(_)));
+        .all(|(_, e)| matches!(e, StageError::Input(_) | StageError::Param { .. }));
     let more = failures.len() - 1;
     let (stage, source) = failures.swap_remove(0);
     Err(ExecError::StageFailed {
@@ -233,33 +233,60 @@ fn forced_nodes(plan: &Plan, opts: &RunOptions) -> Result<BTreeSet<NodeIndex>, E
     Ok(out)
 }
 
-/// A complete entry: link every use to it and report `true`. Holds a shared lock while
-/// linking so `gc` cannot delete it in between.
+/// A complete entry: link every use to it, let the stage refresh what it publishes outside
+/// the cache, and report `true`. Holds a shared lock while linking so `gc` cannot delete
+/// it in between.
 fn use_cached(
     plan: &Plan,
     store: &Store,
     node: &PlanNode,
     progress: &Progress,
-) -> Result<bool, StoreError> {
+) -> Result<bool, StageError> {
+    let failed = |e: StoreError| StageError::Failed(e.into());
     match store.lookup(&node.kind, &node.key) {
         Lookup::Miss => return Ok(false),
         Lookup::Invalid(why) => {
             progress.line(&format!(
-                "⚠ ignoring incomplete cache entry {}: {why}",
+                "⚠ cache entry {} is incomplete or damaged ({why}): recomputing it",
                 node.entry_name()
             ));
             return Ok(false);
         }
         Lookup::Hit(_) => {}
     }
-    let Some(_shared) = KeyLock::try_shared(&store.lock_path(&node.kind, &node.key))? else {
+    let Some(_shared) =
+        KeyLock::try_shared(&store.lock_path(&node.kind, &node.key)).map_err(failed)?
+    else {
         return Ok(false); // someone is replacing it; wait for them in a worker
     };
     if !matches!(store.lookup(&node.kind, &node.key), Lookup::Hit(_)) {
         return Ok(false);
     }
-    link_uses(plan, store, node)?;
+    link_uses(plan, store, node).map_err(failed)?;
+    cache_hit(store, node, progress)?;
     Ok(true)
+}
+
+fn cache_hit(store: &Store, node: &PlanNode, progress: &Progress) -> Result<(), StageError> {
+    let entry = store.entry_dir(&node.kind, &node.key);
+    node.stage.on_cache_hit(&CacheHit {
+        name: &stage_name(node),
+        key: &node.key,
+        entry: &entry,
+        progress: progress.multi,
+    })
+}
+
+/// The stage's name for messages: with the variant (as in runs/<name>/<variant>/<stage>),
+/// unless the node is shared between variants.
+fn stage_name(node: &PlanNode) -> String {
+    let first = &node.uses[0];
+    match &first.variant {
+        Some(v) if node.uses.iter().all(|u| u.variant == first.variant) => {
+            format!("{v}/{}", first.stage)
+        }
+        _ => first.stage.clone(),
+    }
 }
 
 fn link_uses(plan: &Plan, store: &Store, node: &PlanNode) -> Result<(), StoreError> {
@@ -288,18 +315,25 @@ fn run_node(
     let label = node.label();
     let failed = |e: StoreError| StageError::Failed(e.into());
     let lock_path = store.lock_path(&node.kind, &node.key);
-    let _lock = match KeyLock::try_exclusive(&lock_path).map_err(failed)? {
+    let lock = match KeyLock::try_exclusive(&lock_path).map_err(failed)? {
         Some(l) => l,
         None => {
+            let who = KeyLock::holder(&lock_path).map_or_else(String::new, |h| format!(" ({h})"));
             progress.line(&format!(
-                "… {label} waiting: another run holds {}",
+                "… {label} waiting: another run{who} holds {}",
                 lock_path.display()
             ));
             KeyLock::exclusive(&lock_path).map_err(failed)?
         }
     };
+    if let Some(stale) = &lock.took_over {
+        progress.line(&format!(
+            "⚠ {label}: took over the stale lock of {stale} (no heartbeat for a lease period)"
+        ));
+    }
     if !forced && let Lookup::Hit(_) = store.lookup(&node.kind, &node.key) {
         link_uses(plan, store, node).map_err(failed)?;
+        cache_hit(store, node, progress)?;
         return Ok(Outcome::CachedMeanwhile);
     }
     let partial = store
@@ -322,14 +356,7 @@ fn run_node(
         })
         .collect();
     let first = &node.uses[0];
-    // Messages name the variant too (as in runs/<name>/<variant>/<stage>), unless the
-    // node is shared between variants.
-    let name = match &first.variant {
-        Some(v) if node.uses.iter().all(|u| u.variant == first.variant) => {
-            format!("{v}/{}", first.stage)
-        }
-        _ => first.stage.clone(),
-    };
+    let name = stage_name(node);
     let ctx = StageContext {
         name: &name,
         key: &node.key,
@@ -387,10 +414,12 @@ fn run_node(
         inputs: node.inputs.clone(),
         upstream: node.upstream_keys.clone(),
         seed: node.seed,
+        device: node.device.clone(),
         started: rfc3339(started),
         finished: rfc3339(SystemTime::now()),
         duration_s: duration.as_secs_f64(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        artifacts: Vec::new(),
     };
     store.publish(&partial, &manifest).map_err(failed)?;
     link_uses(plan, store, node).map_err(failed)?;

@@ -133,7 +133,11 @@ pub fn diff(prev: &Manifest, node: &PlanNode) -> Vec<String> {
         out.push(format!("no longer needs `{need}`"));
     }
     if prev.seed != node.seed {
-        out.push(format!("seed {} → {}", prev.seed, node.seed));
+        let show = |s: Option<u64>| s.map_or("unused".to_string(), |s| s.to_string());
+        out.push(format!("seed {} → {}", show(prev.seed), show(node.seed)));
+    }
+    if prev.device != node.device {
+        out.push(format!("device changed: {} → {}", prev.device, node.device));
     }
     if out.is_empty() {
         out.push("key recipe changed (new pipeline version)".into());

@@ -1,6 +1,8 @@
-//! Content keys (docs/ARCHITECTURE.md "Cache, keys and locks"): blake3 over everything that can change a stage's
-//! output — kind, implementation version, canonical params, upstream keys by need name,
-//! input file digests and the seed.
+//! Content keys (docs/ARCHITECTURE.md "Cache, keys and locks"): blake3 over everything that
+//! can change a stage's output — kind, implementation version, canonical params, upstream keys
+//! by need name, input file digests, what of its device changes the output (kind and compute
+//! dtype) and, for stages that draw random numbers, the seed. Nothing else: a key that included
+//! the seed of a stage that never uses it would recompute byte-identical artifacts.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +11,7 @@ use serde_json::{Map, Value};
 use crate::store::manifest::InputDigest;
 
 /// Bumped if the key recipe itself changes.
-const DOMAIN: &str = "pipeline.stage-key.v1";
+const DOMAIN: &str = "pipeline.stage-key.v2";
 
 /// `v` with every object's keys sorted (serde_json keeps insertion order here).
 pub fn sorted(v: &Value) -> Value {
@@ -44,7 +46,10 @@ pub struct KeyParts<'a> {
     /// In `Stage::input_files()` order. Only digests enter the key (paths are already in
     /// the params), so moving a project keeps its keys where the params allow.
     pub inputs: &'a [InputDigest],
-    pub seed: u64,
+    /// `Stage::device_key` for the device kind the plan puts it on (null when none).
+    pub device: &'a Value,
+    /// `None` for stages whose output does not depend on the seed.
+    pub seed: Option<u64>,
 }
 
 /// The full key: 64 hex chars.
@@ -55,6 +60,7 @@ pub fn content_key(p: &KeyParts) -> String {
         "params": p.params,
         "upstream": p.upstream,
         "inputs": p.inputs.iter().map(|i| i.blake3.as_str()).collect::<Vec<_>>(),
+        "device": p.device,
         "seed": p.seed,
     });
     let mut h = blake3::Hasher::new();
@@ -70,6 +76,17 @@ mod tests {
     use serde_json::json;
 
     fn key(params: Value, up: &[(&str, &str)], inputs: &[&str], seed: u64, version: u32) -> String {
+        key_on(params, up, inputs, Some(seed), version, &Value::Null)
+    }
+
+    fn key_on(
+        params: Value,
+        up: &[(&str, &str)],
+        inputs: &[&str],
+        seed: Option<u64>,
+        version: u32,
+        device: &Value,
+    ) -> String {
         let upstream = up
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -87,6 +104,7 @@ mod tests {
             params: &params,
             upstream: &upstream,
             inputs: &inputs,
+            device,
             seed,
         })
     }
@@ -121,6 +139,22 @@ mod tests {
             key(json!({"r": 8}), &[("data", "k1")], &["d2"], 42, 1),
             key(json!({"r": 8}), &[("data", "k1")], &["d1"], 43, 1),
             key(json!({"r": 8}), &[("data", "k1")], &["d1"], 42, 2),
+            key_on(
+                json!({"r": 8}),
+                &[("data", "k1")],
+                &["d1"],
+                None,
+                1,
+                &Value::Null,
+            ),
+            key_on(
+                json!({"r": 8}),
+                &[("data", "k1")],
+                &["d1"],
+                Some(42),
+                1,
+                &json!({"device": "cuda", "compute_dtype": "bfloat16"}),
+            ),
         ] {
             assert_ne!(base, other);
         }

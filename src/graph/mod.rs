@@ -6,7 +6,8 @@
 //! let loaded = experiment::load(path)?;
 //! let variants: Vec<&Variant> = loaded.variants.iter().collect();
 //! let store = Store::new("runs");
-//! let plan = Plan::build(loaded.name(), &variants, &loaded.base.devices, &store, &stages::build)?;
+//! let gpus = backend::visible_gpus; // the caller counts the GPUs; the executor probes nothing
+//! let plan = Plan::build(loaded.name(), &variants, &loaded.base.devices, gpus, &store, &stages::build)?;
 //! print!("{}", explain::render(&plan, &explain::explain(&plan, &store)));   // `plan`
 //! let report = execute(&plan, &store, &RunOptions::default(), &MultiProgress::new())?; // `run`
 //! ```
@@ -25,7 +26,7 @@ pub mod stage;
 pub use error::{ExecError, PlanError};
 pub use executor::{RunOptions, RunReport, execute};
 pub use plan::{Plan, PlanNode, StageFactory, StageUse};
-pub use stage::{Stage, StageContext, StageError, Upstream};
+pub use stage::{CacheHit, Stage, StageContext, StageError, Upstream};
 
 #[cfg(test)]
 mod testkit;

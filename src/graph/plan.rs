@@ -8,6 +8,7 @@ use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::{Dfs, EdgeRef, Walker};
 
+use super::devices::{GpuCount, device_kind};
 use super::error::PlanError;
 use super::key::{KeyParts, canonical_json, content_key, sorted};
 use super::stage::{Stage, StageError};
@@ -46,7 +47,10 @@ pub struct PlanNode {
     /// Canonical `Stage::params()`.
     pub params: serde_json::Value,
     pub version: u32,
-    pub seed: u64,
+    /// The seed, for stages whose output depends on it.
+    pub seed: Option<u64>,
+    /// `Stage::device_key` of the planned device kind (null for stages off the device).
+    pub device: serde_json::Value,
     pub inputs: Vec<InputDigest>,
     /// Need name → upstream node / key.
     pub upstream: BTreeMap<String, NodeIndex>,
@@ -91,6 +95,8 @@ pub struct Plan {
     pub devices: Vec<String>,
     /// The model's `device` setting (`auto`, `cpu`, `cuda:N`).
     pub model_device: String,
+    /// The caller's GPU count, for `model_device = "auto"`.
+    pub gpus: GpuCount,
     /// The planned variants, in order (`None` alone without a sweep).
     pub variants: Vec<Option<String>>,
     /// Uses in variant order, then stage order, for listing.
@@ -99,11 +105,13 @@ pub struct Plan {
 
 impl Plan {
     /// Plan `variants` of experiment `name`: build each stage, digest its input files
-    /// (through the store's stat cache) and key it; equal keys share a node.
+    /// (through the store's stat cache) and key it; equal keys share a node. `gpus` counts
+    /// the GPUs `device = "auto"` may use (the caller's probe; see `devices::GpuCount`).
     pub fn build(
         name: &str,
         variants: &[&Variant],
         devices: &[String],
+        gpus: GpuCount,
         store: &Store,
         factory: &StageFactory,
     ) -> Result<Plan, PlanError> {
@@ -159,14 +167,22 @@ impl Plan {
                         inputs
                     }
                 };
-                let (kind, version, seed) =
-                    (stage.kind().to_string(), stage.version(), exp.common.seed);
+                let (kind, version) = (stage.kind().to_string(), stage.version());
+                let seed = stage.seeded().then_some(exp.common.seed);
+                let device = if stage.uses_device() {
+                    let on = device_kind(devices, &exp.common.model.device, gpus);
+                    stage.check_fits(&spec.name, on).map_err(stage_err)?;
+                    sorted(&stage.device_key(on))
+                } else {
+                    serde_json::Value::Null
+                };
                 let key = content_key(&KeyParts {
                     kind: &kind,
                     version,
                     params: &params,
                     upstream: &upstream_keys,
                     inputs: &inputs,
+                    device: &device,
                     seed,
                 });
                 let idx = match by_key.get(&key) {
@@ -179,6 +195,7 @@ impl Plan {
                             params,
                             version,
                             seed,
+                            device,
                             inputs,
                             upstream: upstream.clone(),
                             upstream_keys,
@@ -209,6 +226,7 @@ impl Plan {
             graph,
             order,
             devices: devices.to_vec(),
+            gpus,
             model_device: variants.first().map_or_else(
                 || "auto".into(),
                 |v| v.experiment.common.model.device.clone(),

@@ -49,12 +49,26 @@ impl StageContext<'_> {
     }
 }
 
+/// A stage served from the cache (see `Stage::on_cache_hit`).
+pub struct CacheHit<'a> {
+    /// Stage name for messages (as `StageContext::name`).
+    pub name: &'a str,
+    pub key: &'a str,
+    /// The complete cache entry.
+    pub entry: &'a Path,
+    pub progress: &'a indicatif::MultiProgress,
+}
+
 /// Failure of a stage: bad user input (exit 2) or a runtime failure (exit 1).
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
     /// The input is wrong (a missing file, a malformed row, a bad label): one line, exit 2.
     #[error("{0}")]
     Input(String),
+    /// A parameter is wrong, found at plan time: `key` is its dotted path in the experiment
+    /// file (`stages.train.lora_rank`), so the binary can point at `file:line:column`.
+    #[error("{key}: {message}")]
+    Param { key: String, message: String },
     /// Anything else.
     #[error(transparent)]
     Failed(#[from] anyhow::Error),
@@ -77,9 +91,9 @@ pub trait Stage: Send + Sync {
     }
     /// Whether the stage computes on an accelerator: the scheduler then pins it to one of
     /// the experiment's `devices` (one such stage per device at a time) and passes that
-    /// device in `StageContext::device`. By default the kinds that run the model.
+    /// device in `StageContext::device`. Each stage kind declares it; none by default.
     fn uses_device(&self) -> bool {
-        matches!(self.kind(), "train" | "export" | "score")
+        false
     }
     /// How many device slots a device-bound stage holds while it runs (several for work
     /// spread over devices); they all come in `StageContext::devices`.
@@ -96,6 +110,29 @@ pub trait Stage: Send + Sync {
     /// Otherwise the executor empties `out_dir` before `run`.
     fn resumable(&self) -> bool {
         false
+    }
+    /// Whether the experiment's seed can change the output (random init, dropout,
+    /// shuffling). Only then is it part of the key.
+    fn seeded(&self) -> bool {
+        true
+    }
+    /// What of the device kind the plan puts a device-bound stage on (`cpu` or `cuda`)
+    /// changes its output, e.g. the dtype it computes in there; part of the key, so results
+    /// computed on the CPU and on a GPU never stand in for each other.
+    fn device_key(&self, device_kind: &str) -> serde_json::Value {
+        serde_json::json!({ "device": device_kind })
+    }
+    /// Plan-time checks of a device-bound stage against what it will run: its model and
+    /// the device kind the plan puts it on (`cpu`, `cuda`), e.g. that its memory fits.
+    /// `name` is its table in the experiment file (`stages.<name>`), for errors that
+    /// point at a key.
+    fn check_fits(&self, _name: &str, _device_kind: &str) -> Result<(), StageError> {
+        Ok(())
+    }
+    /// Called when the stage is served from the cache instead of run: refresh what it
+    /// publishes outside the cache (e.g. a copy in a user-named directory) from `entry`.
+    fn on_cache_hit(&self, _ctx: &CacheHit) -> Result<(), StageError> {
+        Ok(())
     }
     /// Compute the artifacts into `ctx.out_dir` (`manifest.json` there is reserved for
     /// the cache).

@@ -48,6 +48,10 @@ impl Stage for TestStage {
     fn params(&self) -> Value {
         self.params.clone()
     }
+    /// As the real stage kinds that run the model.
+    fn uses_device(&self) -> bool {
+        matches!(self.kind, "train" | "export" | "score")
+    }
     fn input_files(&self) -> Result<Vec<PathBuf>, StageError> {
         *self
             .input_calls

@@ -40,6 +40,7 @@ impl Env {
             loaded.name(),
             &variants,
             &loaded.base.devices,
+            devices::no_gpus,
             &self.store,
             &*kit.factory(),
         )
@@ -591,6 +592,7 @@ fn data_parallel_trainings_hold_a_group_of_devices_each() {
         loaded.name(),
         &variants,
         &["cuda:0".to_string()],
+        devices::no_gpus,
         &env.store,
         &*kit.factory(),
     )
@@ -630,9 +632,16 @@ fn planning_reads_input_files_through_the_stat_cache() {
         l
     };
     let variants: Vec<&Variant> = loaded.variants.iter().collect();
-    let err = Plan::build(loaded.name(), &variants, &[], &env.store, &*kit.factory())
-        .err()
-        .unwrap();
+    let err = Plan::build(
+        loaded.name(),
+        &variants,
+        &[],
+        devices::no_gpus,
+        &env.store,
+        &*kit.factory(),
+    )
+    .err()
+    .unwrap();
     assert_eq!(err.exit_code(), 2);
     assert!(
         err.to_string().contains("stage `data`: cannot read input")

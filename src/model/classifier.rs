@@ -7,7 +7,7 @@ use burn::module::{Module, Param, ParamId};
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData, backend::Backend};
 
 use super::ModelError;
-use super::config::ModelConfig;
+use super::config::{Depth, ModelConfig};
 use super::inputs::ModelInputs;
 use super::lora::{LoraLinear, LoraSpec, select_targets};
 use super::presets::preset_config;
@@ -29,16 +29,39 @@ pub enum WeightsSource<'a> {
 pub struct SeqClassifier<B: Backend> {
     pub visual: VisionModel<B>,
     pub language_model: TextModel<B>,
-    /// `[num_labels, hidden]`, f32, no bias.
+    /// `[num_labels, hidden]`, f32 (the trainable master; computed in the backbone's dtype),
+    /// no bias.
     pub score: LoraLinear<B>,
     #[module(skip)]
     pub config: ModelConfig,
+}
+
+/// The configuration of `source` (a preset, or a directory's `config.json`), reading no
+/// weights.
+pub fn config_of(source: WeightsSource<'_>) -> Result<ModelConfig, ModelError> {
+    match source {
+        WeightsSource::Preset(name) => preset_config(name),
+        WeightsSource::Dir(dir) => ModelConfig::from_dir(dir),
+    }
 }
 
 /// Build the classifier: backbone from `source` in `dtype` (F32 or BF16), `score.weight` from
 /// the checkpoint when present, else normal(0, initializer_range) from `seed`.
 pub fn load_classifier_from<B: Backend>(
     source: WeightsSource<'_>,
+    num_labels: usize,
+    dtype: DType,
+    seed: u64,
+    device: &B::Device,
+) -> Result<SeqClassifier<B>, ModelError> {
+    load_classifier_at_depth(source, Depth::default(), num_labels, dtype, seed, device)
+}
+
+/// [`load_classifier_from`] cut to `depth` (benchmarks): the checkpoint's tensors of the
+/// dropped layers and blocks are not read.
+pub fn load_classifier_at_depth<B: Backend>(
+    source: WeightsSource<'_>,
+    depth: Depth,
     num_labels: usize,
     dtype: DType,
     seed: u64,
@@ -54,7 +77,7 @@ pub fn load_classifier_from<B: Backend>(
     }
     match source {
         WeightsSource::Preset(name) => {
-            let cfg = preset_config(name)?;
+            let cfg = preset_config(name)?.with_depth(depth)?;
             let mut src = RandomSource::<B> {
                 seed,
                 std: 0.02,
@@ -73,16 +96,11 @@ pub fn load_classifier_from<B: Backend>(
             })
         }
         WeightsSource::Dir(dir) => {
-            let path = dir.join("config.json");
-            let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Io {
-                path: path.display().to_string(),
-                source: e,
-            })?;
-            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                ModelError::Config(format!("{}: invalid JSON: {e}", path.display()))
-            })?;
-            let cfg = ModelConfig::from_hf_json(&json)
-                .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
+            let full = ModelConfig::from_dir(dir)?;
+            let cfg = full
+                .clone()
+                .with_depth(depth)
+                .map_err(|e| ModelError::Config(format!("{}: {e}", dir.display())))?;
             let mut src = CheckpointSource::<B>::open(dir, dtype, device)?;
             let visual = VisionModel::load(&mut src, &cfg.vision)?;
             let language_model = TextModel::load(&mut src, &cfg.text)?;
@@ -96,7 +114,9 @@ pub fn load_classifier_from<B: Backend>(
             } else {
                 random_score(&cfg, num_labels, seed, device)
             };
-            src.finish()?;
+            // Tensors of the layers the cut dropped are not read; anything else unused
+            // (beyond the checkpoint's own depth too) is still an error.
+            src.finish_except(&|k| cfg.drops_key(k) && !full.drops_key(k))?;
             Ok(SeqClassifier {
                 visual,
                 language_model,
@@ -127,14 +147,14 @@ fn random_score<B: Backend>(
 }
 
 /// Host copies of the batch's ids and mask.
-struct HostBatch {
-    batch: usize,
-    seq: usize,
-    ids: Vec<i64>,
-    mask: Vec<i64>,
+pub(super) struct HostBatch {
+    pub batch: usize,
+    pub seq: usize,
+    pub ids: Vec<i64>,
+    pub mask: Vec<i64>,
 }
 
-fn host_batch<B: Backend>(inputs: &ModelInputs<B>) -> HostBatch {
+pub(super) fn host_batch<B: Backend>(inputs: &ModelInputs<B>) -> Result<HostBatch, ModelError> {
     let [batch, seq] = inputs.input_ids.dims();
     let ids = inputs
         .input_ids
@@ -148,11 +168,66 @@ fn host_batch<B: Backend>(inputs: &ModelInputs<B>) -> HostBatch {
         .convert::<i64>()
         .into_vec::<i64>()
         .unwrap_or_default();
-    HostBatch {
+    if ids.len() != batch * seq || mask.len() != batch * seq {
+        return Err(ModelError::Inputs(
+            "input_ids and attention_mask must have the same shape".into(),
+        ));
+    }
+    Ok(HostBatch {
         batch,
         seq,
         ids,
         mask,
+    })
+}
+
+impl HostBatch {
+    /// Flat row `r·s + p` of each sample's last attended token (the pooled one).
+    pub fn last_tokens(&self) -> Result<Vec<i64>, ModelError> {
+        let s = self.seq;
+        (0..self.batch)
+            .map(|r| {
+                (0..s)
+                    .rev()
+                    .find(|&p| self.mask[r * s + p] == 1)
+                    .map(|p| (r * s + p) as i64)
+                    .ok_or_else(|| {
+                        ModelError::Inputs(format!("sample {r} of the batch has no attended token"))
+                    })
+            })
+            .collect()
+    }
+
+    /// Rows of `cat([embeddings [b·s], image features])` that make the decoder input: image
+    /// features replace the embeddings at `<|image_pad|>` positions, in order
+    /// (`masked_scatter` in `Qwen2_5_VLModel.forward`). Checks the counts agree.
+    pub fn image_rows(&self, image: i64, n_feats: Option<usize>) -> Result<Vec<i64>, ModelError> {
+        let n = self.batch * self.seq;
+        let n_tokens = self.ids.iter().filter(|&&t| t == image).count();
+        match n_feats {
+            Some(f) if f != n_tokens => {
+                return Err(ModelError::Inputs(format!(
+                    "image features and image tokens do not match: {n_tokens} <|image_pad|> tokens, {f} feature rows"
+                )));
+            }
+            None if n_tokens > 0 => {
+                return Err(ModelError::Inputs(format!(
+                    "image features and image tokens do not match: {n_tokens} <|image_pad|> tokens, no pixel_values"
+                )));
+            }
+            _ => {}
+        }
+        let mut k = 0i64;
+        Ok((0..n)
+            .map(|p| {
+                if self.ids[p] == image {
+                    k += 1;
+                    n as i64 + k - 1
+                } else {
+                    p as i64
+                }
+            })
+            .collect())
     }
 }
 
@@ -171,65 +246,67 @@ impl<B: Backend> SeqClassifier<B> {
         inputs: &ModelInputs<B>,
         host: &HostBatch,
     ) -> Result<Tensor<B, 3>, ModelError> {
+        let (b, s) = (host.batch, host.seq);
+        let x = self.language_model.embed(inputs.input_ids.clone());
+        let feats = inputs
+            .pixel_values
+            .as_ref()
+            .map(|px| self.visual.forward(px.clone(), &inputs.image_grid_thw));
+        let x = self.decoder_input(
+            x.reshape([b * s, self.config.text.hidden_size]),
+            feats,
+            host,
+        )?;
+        let rope = self.text_rope(&inputs.image_grid_thw, host, &x.device())?;
+        let heads = self.config.text.num_attention_heads;
+        let mask = padding_mask::<B>(&host.mask, b, s, heads, &x.device());
+        Ok(self.language_model.forward(
+            x.reshape([b, s, self.config.text.hidden_size]),
+            &rope,
+            mask.as_ref(),
+        ))
+    }
+
+    /// Token embeddings `[b·s, hidden]` with the image features `[n, hidden]` in place of the
+    /// `<|image_pad|>` tokens.
+    pub(super) fn decoder_input(
+        &self,
+        embeds: Tensor<B, 2>,
+        feats: Option<Tensor<B, 2>>,
+        host: &HostBatch,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        let image = self.config.tokens.image_token_id as i64;
+        let rows = host.image_rows(image, feats.as_ref().map(|f| f.dims()[0]))?;
+        let Some(feats) = feats else {
+            return Ok(embeds);
+        };
+        let idx = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(rows, [host.batch * host.seq]),
+            &embeds.device(),
+        );
+        let all = Tensor::cat(vec![embeds, feats.cast(self.dtype())], 0);
+        Ok(all.select(0, idx))
+    }
+
+    /// M-RoPE tables of the batch (images of `grids`).
+    pub(super) fn text_rope(
+        &self,
+        grids: &[[usize; 3]],
+        host: &HostBatch,
+        device: &B::Device,
+    ) -> Result<TextRope<B>, ModelError> {
         let cfg = &self.config;
         let (b, s) = (host.batch, host.seq);
-        if host.ids.len() != b * s || host.mask.len() != b * s {
-            return Err(ModelError::Inputs(
-                "input_ids and attention_mask must have the same shape".into(),
-            ));
-        }
-        let device = inputs.input_ids.device();
-        let mut x = self.language_model.embed(inputs.input_ids.clone());
-        let hidden = cfg.text.hidden_size;
-        let image = cfg.tokens.image_token_id as i64;
-        let n_tokens = host.ids.iter().filter(|&&t| t == image).count();
-        // Image features replace the embeddings at <|image_pad|> positions, in order
-        // (`masked_scatter` in `Qwen2_5_VLModel.forward`).
-        match &inputs.pixel_values {
-            Some(px) => {
-                let feats = self.visual.forward(px.clone(), &inputs.image_grid_thw);
-                let n_feats = feats.dims()[0];
-                if n_feats != n_tokens {
-                    return Err(ModelError::Inputs(format!(
-                        "image features and image tokens do not match: {n_tokens} <|image_pad|> tokens, {n_feats} feature rows"
-                    )));
-                }
-                let mut k = 0i64;
-                let idx: Vec<i64> = (0..b * s)
-                    .map(|p| {
-                        if host.ids[p] == image {
-                            k += 1;
-                            (b * s) as i64 + k - 1
-                        } else {
-                            p as i64
-                        }
-                    })
-                    .collect();
-                let flat: Tensor<B, 2> = x.reshape([b * s, hidden]);
-                let all = Tensor::cat(vec![flat, feats.cast(self.dtype())], 0);
-                let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [b * s]), &device);
-                x = all.select(0, idx).reshape([b, s, hidden]);
-            }
-            None if n_tokens > 0 => {
-                return Err(ModelError::Inputs(format!(
-                    "image features and image tokens do not match: {n_tokens} <|image_pad|> tokens, no pixel_values"
-                )));
-            }
-            None => {}
-        }
-        let pos = rope_index(cfg, &host.ids, &host.mask, b, s, &inputs.image_grid_thw)?;
+        let pos = rope_index(cfg, &host.ids, &host.mask, b, s, grids)?;
         let hd = cfg.text.head_dim();
         let (cos, sin) = mrope_cos_sin(&pos, b, s, hd, cfg.text.rope_theta, cfg.text.mrope_section);
-        let heads = cfg.text.num_attention_heads;
-        let rope = TextRope::new(
+        Ok(TextRope::new(
             (&cos, &sin),
             [b, s, hd],
-            [heads, cfg.text.num_key_value_heads],
+            [cfg.text.num_attention_heads, cfg.text.num_key_value_heads],
             self.dtype(),
-            &device,
-        );
-        let mask = padding_mask::<B>(&host.mask, b, s, heads, &device);
-        Ok(self.language_model.forward(x, &rope, mask.as_ref()))
+            device,
+        ))
     }
 
     /// Model dtype (of the embedding table).
@@ -240,14 +317,14 @@ impl<B: Backend> SeqClassifier<B> {
     /// Final hidden states after the last norm, `[batch, seq, hidden]` in the model dtype
     /// (the `last_hidden_state` of transformers; padded rows are unspecified).
     pub fn last_hidden_state(&self, inputs: &ModelInputs<B>) -> Result<Tensor<B, 3>, ModelError> {
-        let host = host_batch(inputs);
+        let host = host_batch(inputs)?;
         let h = self.backbone(inputs, &host)?;
         Ok(self.language_model.norm.forward(h))
     }
 
     /// 3D M-RoPE position ids `[3, batch, seq]` (as `get_rope_index`).
     pub fn position_ids(&self, inputs: &ModelInputs<B>) -> Result<Vec<i64>, ModelError> {
-        let host = host_batch(inputs);
+        let host = host_batch(inputs)?;
         rope_index(
             &self.config,
             &host.ids,
@@ -261,25 +338,25 @@ impl<B: Backend> SeqClassifier<B> {
     /// Class logits `[batch, num_labels]` in f32, from the hidden state of the last token whose
     /// attention mask is 1 (correct for left and right padding).
     pub fn forward(&self, inputs: &ModelInputs<B>) -> Result<Tensor<B, 2>, ModelError> {
-        let host = host_batch(inputs);
+        let host = host_batch(inputs)?;
         let h = self.backbone(inputs, &host)?;
         let (b, s) = (host.batch, host.seq);
-        let mut last = Vec::with_capacity(b);
-        for r in 0..b {
-            let pos = (0..s)
-                .rev()
-                .find(|&p| host.mask[r * s + p] == 1)
-                .ok_or_else(|| {
-                    ModelError::Inputs(format!("sample {r} of the batch has no attended token"))
-                })?;
-            last.push((r * s + pos) as i64);
-        }
-        let hidden = self.config.text.hidden_size;
-        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(last, [b]), &h.device());
+        let h = h.reshape([b * s, self.config.text.hidden_size]);
+        Ok(self.head(h, host.last_tokens()?))
+    }
+
+    /// Logits of the decoder output `h [b·s, hidden]` pooled at `rows`.
+    pub(super) fn head(&self, h: Tensor<B, 2>, rows: Vec<i64>) -> Tensor<B, 2> {
+        let n = rows.len();
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &h.device());
         // The final norm is per token: normalising only the pooled rows is equivalent.
-        let pooled = h.reshape([b * s, hidden]).select(0, idx);
-        let pooled = self.language_model.norm.forward(pooled).cast(DType::F32);
-        Ok(self.score.forward(pooled))
+        let pooled = self.language_model.norm.forward(h.select(0, idx));
+        // The head computes in the backbone's dtype, as ms-swift's does: PEFT's
+        // modules_to_save copy of a bf16 `score` Linear is bf16 and runs under bf16 autocast,
+        // so bf16 logits reach the f32 loss. Its trainable weight stays an f32 master here
+        // (like LoRA A/B), cast for each forward; on f32 this is the plain f32 product.
+        let w = super::lora::cast_to(self.score.weight.val(), pooled.dtype());
+        pooled.matmul(w.transpose()).cast(DType::F32)
     }
 }
 

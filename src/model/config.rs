@@ -175,7 +175,66 @@ impl<'a> Obj<'a> {
     }
 }
 
+/// A shallower copy of a model: the first `layers` decoder layers and `vision_blocks` ViT
+/// blocks (`None` keeps all), for benchmarks at real widths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Depth {
+    pub layers: Option<usize>,
+    pub vision_blocks: Option<usize>,
+}
+
 impl ModelConfig {
+    /// This config cut to `depth`. A cut ViT keeps at least one full-attention block: when
+    /// none of the kept blocks is one, the last kept block becomes one (Qwen2.5-VL's first is
+    /// block 7).
+    pub fn with_depth(mut self, depth: Depth) -> Result<Self, ModelError> {
+        let check = |n: usize, max: usize, what: &str| {
+            if n == 0 || n > max {
+                Err(ModelError::Config(format!(
+                    "{what} {n}: must be between 1 and {max} (the model's depth)"
+                )))
+            } else {
+                Ok(n)
+            }
+        };
+        if let Some(n) = depth.layers {
+            self.text.num_hidden_layers = check(n, self.text.num_hidden_layers, "layers")?;
+        }
+        if let Some(m) = depth.vision_blocks {
+            let v = &mut self.vision;
+            v.depth = check(m, v.depth, "vision blocks")?;
+            v.fullatt_block_indexes.retain(|&i| i < m);
+            if v.fullatt_block_indexes.is_empty() {
+                v.fullatt_block_indexes.push(m - 1);
+            }
+        }
+        Ok(self)
+    }
+
+    /// Whether a hub checkpoint key belongs to a layer or block that `self` (a cut) drops.
+    pub fn drops_key(&self, key: &str) -> bool {
+        let index_after = |prefix: &str| {
+            key.strip_prefix(prefix)
+                .and_then(|r| r.split('.').next())
+                .and_then(|i| i.parse::<usize>().ok())
+        };
+        index_after("model.layers.").is_some_and(|i| i >= self.text.num_hidden_layers)
+            || index_after("visual.blocks.").is_some_and(|i| i >= self.vision.depth)
+    }
+
+    /// Read `dir/config.json` (a Hugging Face model folder).
+    pub fn from_dir(dir: &std::path::Path) -> Result<ModelConfig, ModelError> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        let json: Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::Config(format!("{}: invalid JSON: {e}", path.display())))?;
+        ModelConfig::from_hf_json(&json)
+            .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))
+    }
+
     /// Parse a Qwen2.5-VL `config.json` in any of its shapes (see module docs).
     pub fn from_hf_json(json: &Value) -> Result<ModelConfig, ModelError> {
         let root = json
@@ -414,6 +473,38 @@ fn parse_vision(o: &Obj) -> Result<VisionConfig, ModelError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn depth_cut_keeps_a_full_attention_block() {
+        let cfg = crate::model::presets::preset_config("qwen2.5-vl-7b").unwrap();
+        let cut = |layers, vision_blocks| {
+            cfg.clone().with_depth(Depth {
+                layers,
+                vision_blocks,
+            })
+        };
+        let c = cut(Some(2), Some(4)).unwrap();
+        assert_eq!((c.text.num_hidden_layers, c.vision.depth), (2, 4));
+        // None of blocks 0..4 is full attention in Qwen2.5-VL: the last kept one becomes one.
+        assert_eq!(c.vision.fullatt_block_indexes, vec![3]);
+        let c = cut(None, Some(16)).unwrap();
+        assert_eq!(c.vision.fullatt_block_indexes, vec![7, 15]);
+        assert_eq!(c.text.num_hidden_layers, 28);
+        assert_eq!(cut(None, None).unwrap(), cfg);
+        for bad in [cut(Some(0), None), cut(Some(29), None), cut(None, Some(33))] {
+            assert!(
+                bad.unwrap_err()
+                    .to_string()
+                    .contains("must be between 1 and")
+            );
+        }
+        let c = cut(Some(2), Some(4)).unwrap();
+        assert!(c.drops_key("model.layers.2.mlp.up_proj.weight"));
+        assert!(!c.drops_key("model.layers.1.mlp.up_proj.weight"));
+        assert!(c.drops_key("visual.blocks.4.norm1.weight"));
+        assert!(!c.drops_key("visual.blocks.3.norm1.weight"));
+        assert!(!c.drops_key("visual.merger.mlp.0.weight") && !c.drops_key("model.norm.weight"));
+    }
 
     fn hub_7b() -> Value {
         json!({

@@ -1,6 +1,7 @@
 //! Model inputs: one tokenized sample with its pixel rows, and a padded batch on a device.
 
-use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 
 /// One sample as the dataset stage produces it: token ids with `<|image_pad|>` expanded, the
 /// pixel rows of all its images concatenated (`[Σ t·h·w, C·T·p·p]` row-major) and their grids.
@@ -30,6 +31,18 @@ pub struct ModelInputs<B: Backend> {
     pub pixel_values: Option<Tensor<B, 2>>,
     /// `(t, h, w)` per image, same order as the pixel rows.
     pub image_grid_thw: Vec<[usize; 3]>,
+}
+
+impl<B: AutodiffBackend> ModelInputs<B> {
+    /// A batch built on the inner backend as autodiff leaves (nothing tracked).
+    pub fn from_inner(inputs: &ModelInputs<B::InnerBackend>) -> Self {
+        Self {
+            input_ids: Tensor::from_inner(inputs.input_ids.clone()),
+            attention_mask: Tensor::from_inner(inputs.attention_mask.clone()),
+            pixel_values: inputs.pixel_values.clone().map(Tensor::from_inner),
+            image_grid_thw: inputs.image_grid_thw.clone(),
+        }
+    }
 }
 
 /// Pad `samples` to the longest with `pad_id` on `side` and concatenate their images.

@@ -1,17 +1,21 @@
 //! `LoraLinear`: the one linear layer of the model, with LoRA built in (PEFT `lora.Linear`
 //! semantics, `peft/tuners/lora/layer.py`).
 //!
-//! `y = x·Wᵀ + b + scaling · B·A·dropout(x)`, the LoRA branch in f32 (PEFT casts the input to
-//! the adapter dtype) and cast back to the base dtype. The dense `W + s·B·A` is only formed by
+//! `y = x·Wᵀ + b + scaling · B·A·dropout(x)`. A and B are f32 master weights; the branch runs
+//! in the activation dtype (PyTorch autocast: a bf16 base multiplies by bf16 copies of A and
+//! B, and their gradients come back in f32). The dense `W + s·B·A` is only formed by
 //! [`LoraLinear::merged_weight`] at export time.
 
 use burn::module::{Module, Param, ParamId};
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::{DType, Distribution, Int, IntDType, Tensor, TensorData, backend::Backend};
+use burn::tensor::{
+    Bool, DType, Distribution, Int, IntDType, Tensor, TensorData, backend::Backend,
+};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::ModelError;
+use super::seed::derive_seed;
 use super::weights::{Init, ParamSource};
 
 /// Callback used to walk the named linear layers of a module tree.
@@ -83,11 +87,13 @@ impl<B: Backend> LoraLinear<B> {
             y = y + b.val().unsqueeze_dim(0);
         }
         if let Some(ad) = &self.adapter {
+            // Autocast: the branch runs in the activation dtype, the f32 master weights are
+            // cast per use and their gradients come back in f32 (through the cast).
             let dtype = y.dtype();
-            let h = dropout(x2.cast(DType::F32), ad.dropout.prob);
-            let h = h.matmul(ad.lora_a.val().transpose());
-            let h = h.matmul(ad.lora_b.val().transpose()) * ad.scaling;
-            y = y + h.cast(dtype);
+            let h = dropout(x2, ad.dropout.prob);
+            let h = h.matmul(cast_to(ad.lora_a.val(), dtype).transpose());
+            let h = h.matmul(cast_to(ad.lora_b.val(), dtype).transpose());
+            y = y + h.mul_scalar(ad.scaling);
         }
         dims[D - 1] = self.out_features();
         y.reshape(dims)
@@ -144,21 +150,52 @@ thread_local! {
 /// concurrently each draw their own reproducible masks. Nests: rayon may run another
 /// shard on this thread while `f` waits, and that shard restores this stream when done.
 pub fn with_dropout_stream<R>(seed: u64, f: impl FnOnce() -> R) -> R {
-    let prev = DROPOUT_STREAM.with(|s| s.replace(Some(ChaCha8Rng::seed_from_u64(seed))));
+    with_stream(Some(ChaCha8Rng::seed_from_u64(seed)), f)
+}
+
+/// Where this thread's dropout stream stands (see [`with_dropout_stream`]): running a
+/// forward again from [`with_dropout_state`] draws the same masks, which is how a recomputed
+/// (gradient-checkpointed) segment reproduces its forward.
+#[derive(Debug, Clone)]
+pub struct DropoutState(Option<ChaCha8Rng>);
+
+impl DropoutState {
+    /// The current stream's position (`None` inside: no stream is set).
+    pub fn now() -> Self {
+        Self(DROPOUT_STREAM.with(|s| s.borrow().clone()))
+    }
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+/// Run `f` with the dropout stream at `state`, then restore the stream as it was.
+pub fn with_dropout_state<R>(state: &DropoutState, f: impl FnOnce() -> R) -> R {
+    with_stream(state.0.clone(), f)
+}
+
+fn with_stream<R>(stream: Option<ChaCha8Rng>, f: impl FnOnce() -> R) -> R {
+    let prev = DROPOUT_STREAM.with(|s| s.replace(stream));
     let out = f();
     DROPOUT_STREAM.with(|s| *s.borrow_mut() = prev);
     out
 }
 
+/// `t` in `dtype` (no cast node when it already is).
+pub fn cast_to<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if t.dtype() == dtype { t } else { t.cast(dtype) }
+}
+
 /// Inverted dropout (`torch.nn.Dropout` in training): zero each element with probability `p`,
 /// scale the rest by `1/(1-p)`; the identity without autodiff (eval) or when `p` is 0.
 ///
-/// One multiply by a pre-scaled mask (Burn's `Dropout` multiplies twice). On the CPU backend
-/// the mask is drawn on the host with ChaCha8 (u32 per element), seeded from this thread's
-/// dropout stream when one is set, else from the backend RNG so `B::seed` still makes runs
-/// reproducible: Flex's per-element `Bernoulli` sampling through StdRng was ~13% of a LoRA
-/// train step of the tiny preset. Other backends draw on the device: from the thread's
-/// stream with [`hashed_keep_mask`], else from the backend RNG.
+/// The mask is boolean (what backward keeps: one byte per element, as PyTorch keeps it),
+/// applied by `mask_fill` and one scalar multiply. Each call takes one `u64` from this
+/// thread's dropout stream when one is set, else from the backend RNG so `B::seed` still
+/// makes runs reproducible. On the CPU backend the mask is drawn on the host with ChaCha8
+/// (u32 per element) from that seed: Flex's per-element `Bernoulli` sampling through StdRng
+/// was ~13% of a LoRA train step of the tiny preset. Other backends draw on the device: from
+/// the thread's stream with [`hashed_keep_mask`], else from the backend RNG.
 pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, p: f64) -> Tensor<B, D> {
     let device = x.device();
     if p <= 0.0 || !B::ad_enabled(&device) {
@@ -168,52 +205,45 @@ pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, p: f64) -> Tensor<B,
     let dims = x.dims();
     let stream = DROPOUT_STREAM.with(|s| s.borrow_mut().as_mut().map(|r| r.next_u64()));
     let flex = B::name(&device).contains("flex");
-    let mask = if let (Some(key), false) = (stream, flex) {
-        hashed_keep_mask::<B, D>(dims, keep, key, &device)
-    } else if stream.is_some() || flex {
-        let seed = stream.unwrap_or_else(|| {
-            let v =
-                Tensor::<B, 1, Int>::random([2], Distribution::Uniform(0.0, 2147483647.0), &device)
-                    .into_data()
-                    .convert::<i64>()
-                    .into_vec::<i64>()
-                    .unwrap_or_default();
-            v.iter().fold(0u64, |acc, &v| (acc << 31) ^ v as u64)
-        });
+    let drop = if let (Some(key), false) = (stream, flex) {
+        hashed_keep_mask::<B, D>(dims, keep, key, &device).bool_not()
+    } else if flex {
+        let seed = stream.unwrap_or_else(|| backend_seed::<B>(&device));
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let threshold = (keep * 4294967296.0) as u64;
-        let scale = (1.0 / keep) as f32;
         let n = dims.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                if (rng.next_u32() as u64) < threshold {
-                    scale
-                } else {
-                    0.0
-                }
-            })
+        let v: Vec<bool> = (0..n)
+            .map(|_| (rng.next_u32() as u64) >= threshold)
             .collect();
-        Tensor::from_data(TensorData::new(v, dims), (&device, DType::F32))
+        Tensor::<B, D, Bool>::from_data(TensorData::new(v, dims), &device)
     } else {
         Tensor::<B, D>::random(dims, Distribution::Bernoulli(keep), (&device, DType::F32))
-            .mul_scalar(1.0 / keep)
+            .lower_elem(0.5)
     };
-    let dtype = x.dtype();
-    x * mask.cast(dtype)
+    x.mask_fill(drop, 0.0).mul_scalar(1.0 / keep)
 }
 
-/// The inverted-dropout mask of [`dropout`] computed on the device from `key` (one draw
-/// of a dropout stream): element `i` is kept when `hash(i, key) < keep · 2³²` and then
-/// scaled by `1 / keep`. The hash is murmur3's 32-bit finaliser with the key's halves mixed
-/// in, in u32 arithmetic (wrapping, defined on every backend). A pure function of
-/// `(key, i)`, unlike the backend RNG (one per process, drawn when a kernel launches), so
+/// A seed drawn from the backend RNG (so `B::seed` keeps runs reproducible).
+pub fn backend_seed<B: Backend>(device: &B::Device) -> u64 {
+    let v = Tensor::<B, 1, Int>::random([2], Distribution::Uniform(0.0, 2147483647.0), device)
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .unwrap_or_default();
+    v.iter().fold(0u64, |acc, &v| (acc << 31) ^ v as u64)
+}
+
+/// Which elements [`dropout`] keeps, computed on the device from `key` (one draw of a
+/// dropout stream): element `i` is kept (`true`) when `hash(i, key) < keep · 2³²`. The
+/// hash is murmur3's 32-bit finaliser with the key's halves mixed in, in u32 arithmetic
+/// (wrapping, defined on every backend). A pure function of `(key, i)`, unlike the backend RNG (one per process, drawn when a kernel launches), so
 /// replicas on several GPUs each draw their own reproducible masks, without a lock.
 pub fn hashed_keep_mask<B: Backend, const D: usize>(
     dims: [usize; D],
     keep: f64,
     key: u64,
     device: &B::Device,
-) -> Tensor<B, D> {
+) -> Tensor<B, D, Bool> {
     let n: usize = dims.iter().product();
     let c = |v: u32| {
         Tensor::<B, 1, Int>::from_data(TensorData::new(vec![v], [1]), (device, DType::U32))
@@ -227,10 +257,7 @@ pub fn hashed_keep_mask<B: Backend, const D: usize>(
         .bitwise_xor(c((key >> 32) as u32))
         .mul(c(HASH_MUL[2]));
     h = shift_xor(h, 16);
-    h.lower(c(keep_threshold(keep)))
-        .float()
-        .mul_scalar(1.0 / keep)
-        .reshape(dims)
+    h.lower(c(keep_threshold(keep))).reshape(dims)
 }
 
 /// Multipliers of [`hashed_keep_mask`] (golden ratio, then murmur3's finaliser constants).
@@ -329,8 +356,13 @@ pub fn select_targets(names: &[String], sel: &TargetSelector) -> Result<Vec<Stri
         }
     };
     if picked.is_empty() {
+        let what = match sel {
+            TargetSelector::AllLinear { .. } => "all-linear (with everything frozen)".to_string(),
+            TargetSelector::Names(list) => format!("{list:?}"),
+            TargetSelector::Regex(re) => format!("regex {re:?}"),
+        };
         return Err(ModelError::Lora(format!(
-            "target modules {sel:?} select no linear layer; available: {}",
+            "target_modules {what} selects no linear layer; available: {}",
             name_patterns(names).join(", ")
         )));
     }
@@ -361,14 +393,6 @@ pub fn name_patterns(names: &[String]) -> Vec<String> {
     out
 }
 
-/// A 32-byte ChaCha seed from the run seed and a stable label.
-pub fn derive_seed(seed: u64, label: &str) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
-    h.update(&seed.to_le_bytes());
-    h.update(label.as_bytes());
-    *h.finalize().as_bytes()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,21 +404,12 @@ mod tests {
         let (keep, key) = (0.9, 0x0123_4567_89AB_CDEF_u64);
         let mask = hashed_keep_mask::<B, 2>([37, 53], keep, key, &device)
             .into_data()
-            .to_vec::<f32>()
+            .to_vec::<bool>()
             .unwrap();
-        let scale = (1.0 / keep) as f32;
-        let want: Vec<f32> = (0..37 * 53)
-            .map(|i| {
-                if hashed_keep(i, keep, key) {
-                    scale
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let want: Vec<bool> = (0..37 * 53).map(|i| hashed_keep(i, keep, key)).collect();
         assert_eq!(mask, want);
         // About `keep` of the elements survive, and another key draws another mask.
-        let kept = want.iter().filter(|&&v| v > 0.0).count() as f64 / want.len() as f64;
+        let kept = want.iter().filter(|&&v| v).count() as f64 / want.len() as f64;
         assert!((kept - keep).abs() < 0.03, "{kept}");
         let other =
             (0..37 * 53u32).filter(|&i| hashed_keep(i, keep, key + 1) != hashed_keep(i, keep, key));
@@ -488,6 +503,27 @@ mod tests {
         assert!(ev.iter().all(|&v| v == 1.0));
         let z: Vec<f32> = dropout(x, 0.0).into_data().into_vec().unwrap();
         assert!(z.iter().all(|&v| v == 1.0));
+    }
+
+    /// A forward started again from a saved stream position redraws the same masks.
+    #[test]
+    fn stream_state_replays_masks() {
+        type A = burn::backend::Autodiff<burn::backend::Flex>;
+        let x = || Tensor::<A, 2>::ones([64, 64], &Default::default());
+        let draw = || -> Vec<f32> { dropout(x(), 0.5).into_data().into_vec().unwrap() };
+        assert!(!DropoutState::now().is_set());
+        with_dropout_stream(3, || {
+            let at = DropoutState::now();
+            assert!(at.is_set());
+            let (a, b) = (draw(), draw());
+            assert_ne!(a, b);
+            assert!(a.contains(&0.0) && a.contains(&2.0));
+            let (a2, b2) = with_dropout_state(&at, || (draw(), draw()));
+            assert_eq!((a2, b2), (a, b.clone()));
+            // The replay left the stream where it was: the next draw is a new mask.
+            assert_ne!(draw(), b);
+        });
+        assert!(!DropoutState::now().is_set());
     }
 
     #[test]

@@ -46,26 +46,36 @@
 //!       // adapters are placed on the named modules (spec gives r/alpha/dropout/rslora); freezes the base
 //!   SeqClassifier::merged_state(&self) -> Vec<(String /*hub key*/, TensorData)> // LoRA folded in
 //!   SeqClassifier::trainable_params(&self) -> usize;  SeqClassifier::total_params(&self) -> usize
+//!   SeqClassifier::<B: AutodiffBackend>::train_pass(&self, inputs: &ModelInputs<B::InnerBackend>,
+//!       recompute: bool, loss_of: &mut dyn FnMut(Tensor<B,2>) -> Tensor<B,1>,
+//!       sink: &mut dyn FnMut(B::Gradients)) -> Result<(), ModelError>
+//!       // training forward + backward: in segments (gradient checkpointing when `recompute`,
+//!       // memory-efficient attention) unless short sequences make one graph cheaper;
+//!       // gradients reach `sink` in parts. `segmented_pass`: the segments always
 //! ```
 //!
 //! Module names: `model.visual.blocks.{i}.attn.qkv`, `model.language_model.layers.{i}.self_attn.q_proj`,
 //! `model.visual.merger.mlp.0`, `score` (transformers ≥ 4.52 in-memory names). Checkpoint keys
 //! are read in both layouts and written in the hub layout (`visual.*`, `model.layers.*`).
 
+pub mod attention;
 pub mod classifier;
 pub mod config;
+pub mod footprint;
 pub mod inputs;
 pub mod layers;
 pub mod lora;
 pub mod presets;
 pub mod processor;
 pub mod rope;
+pub mod seed;
 pub mod text;
 pub mod tokenizer;
+pub mod train_pass;
 pub mod vision;
 pub mod weights;
 
-pub use classifier::{SeqClassifier, WeightsSource, load_classifier_from};
+pub use classifier::{SeqClassifier, WeightsSource, config_of, load_classifier_from};
 pub use config::ModelConfig;
 pub use tokenizer::ModelSource;
 
@@ -105,4 +115,6 @@ pub enum ModelError {
     Inputs(String),
     #[error("lora: {0}")]
     Lora(String),
+    #[error(transparent)]
+    File(#[from] crate::safetensors_io::TensorFileError),
 }

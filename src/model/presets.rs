@@ -143,7 +143,8 @@ pub fn to_hf_json(cfg: &ModelConfig) -> serde_json::Value {
             "out_hidden_size": v.out_hidden_size,
             "fullatt_block_indexes": v.fullatt_block_indexes,
             "hidden_act": act(v.hidden_act),
-            "tokens_per_second": v.tokens_per_second,
+            // transformers declares it `int` and (5.x, strict configs) rejects 2.0.
+            "tokens_per_second": v.tokens_per_second.round() as u64,
             "initializer_range": v.initializer_range,
         }
     })

@@ -69,6 +69,19 @@ impl<B: Backend> TextAttention<B> {
         rope: &TextRope<B>,
         mask: Option<&Tensor<B, 4, Bool>>,
     ) -> Tensor<B, 3> {
+        let [q, k, v] = self.qkv(x, rope);
+        let n = self.num_heads / self.num_kv_heads;
+        let (k, v) = (repeat_kv(k, n), repeat_kv(v, n));
+        let opts = AttentionModuleOptions {
+            is_causal: mask.is_none(),
+            ..Default::default()
+        };
+        self.project(attention(q, k, v, mask.cloned(), None, opts))
+    }
+
+    /// Rotated queries `[b, heads, s, head_dim]`, keys and values `[b, kv_heads, s, head_dim]`
+    /// of `x [b, s, hidden]`.
+    pub fn qkv(&self, x: Tensor<B, 3>, rope: &TextRope<B>) -> [Tensor<B, 4>; 3] {
         let [b, s, hidden] = x.dims();
         let (h, kvh) = (self.num_heads, self.num_kv_heads);
         let hd = hidden / h;
@@ -78,14 +91,14 @@ impl<B: Backend> TextAttention<B> {
         let v = split(self.v_proj.forward(x), kvh).swap_dims(1, 2);
         let q = apply_rotary(q, rope.cos_q.clone(), rope.sin_q.clone()).swap_dims(1, 2);
         let k = apply_rotary(k, rope.cos_k.clone(), rope.sin_k.clone()).swap_dims(1, 2);
-        let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
-        let opts = AttentionModuleOptions {
-            is_causal: mask.is_none(),
-            ..Default::default()
-        };
-        let o = attention(q, k, v, mask.cloned(), None, opts);
+        [q, k, v]
+    }
+
+    /// `o_proj` of the attention output `o [b, heads, s, head_dim]` → `[b, s, hidden]`.
+    pub fn project(&self, o: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [b, h, s, hd] = o.dims();
         self.o_proj
-            .forward(o.swap_dims(1, 2).reshape([b, s, hidden]))
+            .forward(o.swap_dims(1, 2).reshape([b, s, h * hd]))
     }
 }
 
@@ -120,6 +133,20 @@ impl<B: Backend> DecoderLayer<B> {
             + self
                 .self_attn
                 .forward(self.input_layernorm.forward(x), rope, mask);
+        self.mlp_block(x)
+    }
+
+    /// The attention's inputs (`TextAttention::qkv` of the normed `x`).
+    pub fn attention_inputs(&self, x: Tensor<B, 3>, rope: &TextRope<B>) -> [Tensor<B, 4>; 3] {
+        self.self_attn.qkv(self.input_layernorm.forward(x), rope)
+    }
+
+    /// The layer after its attention: `x + o_proj(o)`, then the MLP block.
+    pub fn finish(&self, x: Tensor<B, 3>, o: Tensor<B, 4>) -> Tensor<B, 3> {
+        self.mlp_block(x + self.self_attn.project(o))
+    }
+
+    fn mlp_block(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 }

@@ -122,6 +122,19 @@ pub struct DeviceGroups<B: Backend> {
 }
 
 impl<B: Backend> DeviceGroups<B> {
+    /// `(first row, segments, segment length)` of each bucket, in gathered order.
+    pub fn bucket_spans(&self) -> Vec<(usize, usize, usize)> {
+        let mut off = 0;
+        self.buckets
+            .iter()
+            .map(|&(segs, len)| {
+                let span = (off, segs, len);
+                off += segs * len;
+                span
+            })
+            .collect()
+    }
+
     fn new(
         g: AttentionGroups,
         (cos, sin): (&Tensor<B, 2>, &Tensor<B, 2>),
@@ -170,6 +183,15 @@ fn index_tensor<B: Backend>(idx: &[usize], device: &B::Device) -> Tensor<B, 1, I
 }
 
 impl<B: Backend> VisionPlan<B> {
+    /// Attention groups of a full-attention block (whole images) or a windowed one.
+    pub fn groups(&self, full: bool) -> &DeviceGroups<B> {
+        if full {
+            &self.full_groups
+        } else {
+            &self.window_groups
+        }
+    }
+
     pub fn new(grids: &[[usize; 3]], cfg: &VisionConfig, device: &B::Device) -> Self {
         let unit = cfg.merge_unit();
         let (window_index, cu_window_seqlens) = window_index(grids, cfg);
@@ -228,6 +250,31 @@ pub struct VisionAttention<B: Backend> {
 impl<B: Backend> VisionAttention<B> {
     /// `x [n, hidden]` → `[n, hidden]`; rotary tables from `groups` (`[n, heads, head_dim]` f32).
     pub fn forward(&self, x: Tensor<B, 2>, groups: &DeviceGroups<B>) -> Tensor<B, 2> {
+        let [q, k, v] = self.qkv(x, groups);
+        let mut outs = Vec::with_capacity(groups.buckets.len());
+        for (off, segs, len) in groups.bucket_spans() {
+            let take = |t: &Tensor<B, 3>| segments(t, off, segs, len);
+            let o = attention(
+                take(&q),
+                take(&k),
+                take(&v),
+                None,
+                None,
+                AttentionModuleOptions::default(),
+            );
+            outs.push(unsegment(o));
+        }
+        let out = if outs.len() == 1 {
+            outs.pop().expect("one bucket")
+        } else {
+            Tensor::cat(outs, 0)
+        };
+        self.project(out, groups)
+    }
+
+    /// Rotated q, k and v `[n, heads, head_dim]` of `x [n, hidden]`, in the gathered order of
+    /// `groups`.
+    pub fn qkv(&self, x: Tensor<B, 2>, groups: &DeviceGroups<B>) -> [Tensor<B, 3>; 3] {
         let [n, hidden] = x.dims();
         let heads = self.num_heads;
         let hd = hidden / heads;
@@ -243,38 +290,35 @@ impl<B: Backend> VisionAttention<B> {
         let (cos, sin) = (groups.cos.clone(), groups.sin.clone());
         let q = apply_rotary(part(0).cast(DType::F32), cos.clone(), sin.clone()).cast(dtype);
         let k = apply_rotary(part(1).cast(DType::F32), cos, sin).cast(dtype);
-        let v = part(2);
-        let mut outs = Vec::with_capacity(groups.buckets.len());
-        let mut off = 0;
-        for &(segs, len) in &groups.buckets {
-            let take = |t: &Tensor<B, 3>| {
-                t.clone()
-                    .narrow(0, off, segs * len)
-                    .reshape([segs, len, heads, hd])
-                    .swap_dims(1, 2)
-            };
-            let o = attention(
-                take(&q),
-                take(&k),
-                take(&v),
-                None,
-                None,
-                AttentionModuleOptions::default(),
-            );
-            outs.push(o.swap_dims(1, 2).reshape([segs * len, hidden]));
-            off += segs * len;
-        }
-        let out = if outs.len() == 1 {
-            outs.pop().expect("one bucket")
-        } else {
-            Tensor::cat(outs, 0)
-        };
-        let out = self.proj.forward(out);
+        [q, k, part(2)]
+    }
+
+    /// `proj` of the attention output `[n, hidden]` (gathered order), scattered back to
+    /// token order.
+    pub fn project(&self, o: Tensor<B, 2>, groups: &DeviceGroups<B>) -> Tensor<B, 2> {
+        let out = self.proj.forward(o);
         match &groups.scatter {
             Some(s) => out.select(0, s.clone()),
             None => out,
         }
     }
+}
+
+/// Rows `off..off + segs·len` of `t [n, heads, hd]` as `segs` sequences
+/// `[segs, heads, len, hd]`.
+pub fn segments<B: Backend>(t: &Tensor<B, 3>, off: usize, segs: usize, len: usize) -> Tensor<B, 4> {
+    let [_, heads, hd] = t.dims();
+    t.clone()
+        .narrow(0, off, segs * len)
+        .reshape([segs, len, heads, hd])
+        .swap_dims(1, 2)
+}
+
+/// Inverse of [`segments`] for an attention output: `[segs, heads, len, hd]` →
+/// `[segs·len, heads·hd]`.
+pub fn unsegment<B: Backend>(o: Tensor<B, 4>) -> Tensor<B, 2> {
+    let [segs, heads, len, hd] = o.dims();
+    o.swap_dims(1, 2).reshape([segs * len, heads * hd])
 }
 
 /// `Qwen2_5_VLVisionBlock`: `x += attn(norm1(x)); x += mlp(norm2(x))`.
@@ -288,12 +332,26 @@ pub struct VisionBlock<B: Backend> {
 
 impl<B: Backend> VisionBlock<B> {
     pub fn forward(&self, x: Tensor<B, 2>, plan: &VisionPlan<B>, full: bool) -> Tensor<B, 2> {
-        let groups = if full {
-            &plan.full_groups
-        } else {
-            &plan.window_groups
-        };
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x), groups);
+        let x = x.clone() + self.attn.forward(self.norm1.forward(x), plan.groups(full));
+        self.mlp_block(x)
+    }
+
+    /// The attention's inputs (`VisionAttention::qkv` of the normed `x`).
+    pub fn attention_inputs(&self, x: Tensor<B, 2>, groups: &DeviceGroups<B>) -> [Tensor<B, 3>; 3] {
+        self.attn.qkv(self.norm1.forward(x), groups)
+    }
+
+    /// The block after its attention: `x + proj(o)` (scattered back), then the MLP block.
+    pub fn finish(
+        &self,
+        x: Tensor<B, 2>,
+        o: Tensor<B, 2>,
+        groups: &DeviceGroups<B>,
+    ) -> Tensor<B, 2> {
+        self.mlp_block(x + self.attn.project(o, groups))
+    }
+
+    fn mlp_block(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         x.clone() + self.mlp.forward(self.norm2.forward(x))
     }
 }
@@ -396,22 +454,41 @@ impl<B: Backend> VisionModel<B> {
     fn run(&self, pixels: Tensor<B, 2>, grids: &[[usize; 3]], keep: bool) -> VisionTrace<B> {
         let device = pixels.device();
         let plan = VisionPlan::<B>::new(grids, &self.cfg, &device);
-        let w = self.patch_embed.val();
-        let pe = pixels.cast(w.dtype()).matmul(w.transpose());
+        let pe = self.embed_patches(pixels);
         let mut x = pe.clone().select(0, plan.to_window.clone());
         let mut blocks = Vec::new();
         for (i, blk) in self.blocks.iter().enumerate() {
-            x = blk.forward(x, &plan, self.cfg.fullatt_block_indexes.contains(&i));
+            x = blk.forward(x, &plan, self.is_full_attention(i));
             if keep {
                 blocks.push(x.clone());
             }
         }
-        let merged = self.merger.forward(x).select(0, plan.from_window.clone());
         VisionTrace {
             patch_embed: pe,
             blocks,
-            merger: merged,
+            merger: self.merge(x, &plan),
         }
+    }
+
+    /// Patch embedding `[n, hidden]` of pixel rows `[n, C·T·p·p]`, in patch order.
+    pub fn embed_patches(&self, pixels: Tensor<B, 2>) -> Tensor<B, 2> {
+        let w = self.patch_embed.val();
+        pixels.cast(w.dtype()).matmul(w.transpose())
+    }
+
+    /// The blocks' input: patch embeddings in window order.
+    pub fn block_input(&self, pixels: Tensor<B, 2>, plan: &VisionPlan<B>) -> Tensor<B, 2> {
+        self.embed_patches(pixels).select(0, plan.to_window.clone())
+    }
+
+    /// Whether block `i` attends over whole images (else within windows).
+    pub fn is_full_attention(&self, i: usize) -> bool {
+        self.cfg.fullatt_block_indexes.contains(&i)
+    }
+
+    /// Merger of the last block's output (window order) → image features in token order.
+    pub fn merge(&self, x: Tensor<B, 2>, plan: &VisionPlan<B>) -> Tensor<B, 2> {
+        self.merger.forward(x).select(0, plan.from_window.clone())
     }
 
     pub fn visit_linears(&self, f: &mut LinearVisit<'_, B>) {

@@ -21,18 +21,17 @@
 //! | `lm_head.weight` | ignored |
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Distribution, Tensor, TensorData, backend::Backend, bf16, f16};
-use memmap2::Mmap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
-use safetensors::{Dtype as StDtype, SafeTensors};
+use safetensors::Dtype as StDtype;
 
 use super::ModelError;
-use super::lora::derive_seed;
+use super::seed::derive_seed;
+use crate::safetensors_io::TensorFile;
 
 /// How a parameter is initialised when it is not read from a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -152,7 +151,7 @@ struct Entry {
 /// Tensors of a safetensors checkpoint (one file or an index of shards), memory-mapped.
 /// Every tensor is converted on its own, so loading never holds two copies of the model.
 pub struct CheckpointSource<B: Backend> {
-    files: Vec<(PathBuf, Mmap)>,
+    files: Vec<TensorFile>,
     entries: BTreeMap<String, Entry>,
     used: BTreeSet<String>,
     pub dtype: DType,
@@ -173,47 +172,60 @@ fn werr(file: &Path, msg: impl Into<String>) -> ModelError {
     }
 }
 
+/// `dir/model.safetensors`, or every shard `dir/model.safetensors.index.json` names.
+pub fn checkpoint_paths(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let index = dir.join("model.safetensors.index.json");
+    let single = dir.join("model.safetensors");
+    Ok(if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| io_err(&index, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| werr(&index, format!("invalid JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| werr(&index, "missing object \"weight_map\""))?;
+        let mut shards: Vec<String> = Vec::new();
+        for (k, v) in map {
+            let f = v
+                .as_str()
+                .ok_or_else(|| werr(&index, format!("weight_map[{k:?}] must be a file name")))?;
+            if !shards.iter().any(|s| s == f) {
+                shards.push(f.to_string());
+            }
+        }
+        shards.iter().map(|s| dir.join(s)).collect()
+    } else if single.exists() {
+        vec![single]
+    } else {
+        return Err(werr(
+            dir,
+            "no model.safetensors or model.safetensors.index.json",
+        ));
+    })
+}
+
+/// Rows of `score.weight` in a model directory's checkpoint (`None`: it has no head),
+/// from the safetensors headers alone.
+pub fn checkpoint_score_rows(dir: &Path) -> Result<Option<usize>, ModelError> {
+    for path in checkpoint_paths(dir)? {
+        let header = crate::safetensors_io::read_header(&path)?;
+        if let Some((_, shape)) = header.get("score.weight") {
+            return Ok(shape.first().copied());
+        }
+    }
+    Ok(None)
+}
+
 impl<B: Backend> CheckpointSource<B> {
     /// Open `dir/model.safetensors` or every shard named by `dir/model.safetensors.index.json`.
     pub fn open(dir: &Path, dtype: DType, device: &B::Device) -> Result<Self, ModelError> {
-        let index = dir.join("model.safetensors.index.json");
-        let single = dir.join("model.safetensors");
-        let paths: Vec<PathBuf> = if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(|e| io_err(&index, e))?;
-            let json: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| werr(&index, format!("invalid JSON: {e}")))?;
-            let map = json
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| werr(&index, "missing object \"weight_map\""))?;
-            let mut shards: Vec<String> = Vec::new();
-            for (k, v) in map {
-                let f = v.as_str().ok_or_else(|| {
-                    werr(&index, format!("weight_map[{k:?}] must be a file name"))
-                })?;
-                if !shards.iter().any(|s| s == f) {
-                    shards.push(f.to_string());
-                }
-            }
-            shards.iter().map(|s| dir.join(s)).collect()
-        } else if single.exists() {
-            vec![single]
-        } else {
-            return Err(werr(
-                dir,
-                "no model.safetensors or model.safetensors.index.json",
-            ));
-        };
+        let paths = checkpoint_paths(dir)?;
         let mut files = Vec::new();
         let mut entries = BTreeMap::new();
         for (i, path) in paths.into_iter().enumerate() {
-            let file = File::open(&path).map_err(|e| io_err(&path, e))?;
-            // SAFETY: the checkpoint is opened read-only and is not modified while mapped.
-            let mmap = unsafe { Mmap::map(&file) }.map_err(|e| io_err(&path, e))?;
-            let (_, meta) = SafeTensors::read_metadata(&mmap)
-                .map_err(|e| werr(&path, format!("not a safetensors file: {e}")))?;
-            for key in meta.tensors().keys() {
-                let Some(hub) = hub_key(key) else { continue };
+            let file = TensorFile::open(&path)?;
+            for key in file.names() {
+                let Some(hub) = hub_key(&key) else { continue };
                 if let Some(prev) = entries.insert(
                     hub.clone(),
                     Entry {
@@ -227,7 +239,7 @@ impl<B: Backend> CheckpointSource<B> {
                     ));
                 }
             }
-            files.push((path, mmap));
+            files.push(file);
         }
         Ok(Self {
             files,
@@ -244,17 +256,22 @@ impl<B: Backend> CheckpointSource<B> {
 
     /// Fail when the checkpoint holds tensors the model did not ask for.
     pub fn finish(&self) -> Result<(), ModelError> {
+        self.finish_except(&|_| false)
+    }
+
+    /// [`Self::finish`], not counting the (hub) keys `ignored` accepts.
+    pub fn finish_except(&self, ignored: &dyn Fn(&str) -> bool) -> Result<(), ModelError> {
         let unused: Vec<&String> = self
             .entries
             .keys()
-            .filter(|k| !self.used.contains(*k))
+            .filter(|k| !self.used.contains(*k) && !ignored(k))
             .collect();
         if unused.is_empty() {
             return Ok(());
         }
         let shown: Vec<&str> = unused.iter().take(10).map(|s| s.as_str()).collect();
         Err(werr(
-            &self.files[0].0,
+            self.files[0].path(),
             format!(
                 "{} unexpected tensor(s) for this config: {}{}",
                 unused.len(),
@@ -273,26 +290,23 @@ impl<B: Backend> CheckpointSource<B> {
     ) -> Result<TensorData, ModelError> {
         let entry = self.entries.get(key).ok_or_else(|| {
             werr(
-                &self.files[0].0,
+                self.files[0].path(),
                 format!("missing tensor {key} (shape {shape:?})"),
             )
         })?;
-        let (path, mmap) = &self.files[entry.file];
-        let st = SafeTensors::deserialize(mmap).map_err(|e| werr(path, e.to_string()))?;
-        let view = st
-            .tensor(&entry.key)
-            .map_err(|e| werr(path, format!("{}: {e}", entry.key)))?;
-        if view.shape() != shape {
+        let file = &self.files[entry.file];
+        let path = file.path();
+        let (st_dtype, st_shape, bytes) = file.raw(&entry.key)?;
+        if st_shape != shape {
             return Err(werr(
                 path,
                 format!(
-                    "tensor {} has shape {:?}, the config needs {shape:?}",
+                    "tensor {} has shape {st_shape:?}, the config needs {shape:?}",
                     entry.key,
-                    view.shape()
                 ),
             ));
         }
-        let data = convert(view.data(), view.dtype(), shape, dtype)
+        let data = convert(bytes, st_dtype, shape, dtype)
             .map_err(|m| werr(path, format!("tensor {}: {m}", entry.key)))?;
         self.used.insert(key.to_string());
         Ok(data)

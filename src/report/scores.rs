@@ -3,7 +3,15 @@
 //! Semantics of ms-swift's `Template.decode_seq_cls` (`swift/llm/template/base.py`):
 //! single-label → argmax response, `log_softmax` scores; multi-label → the classes with
 //! sigmoid ≥ 0.5, `logsigmoid` scores; regression → the raw output as response, no
-//! log-probs. `top_logprobs` lists every class, best first.
+//! log-probs. `top_logprobs` lists the classes best first, at most 20 (`swift infer`'s
+//! default `top_logprobs` for seq_cls).
+//!
+//! The line is the one `swift infer --logprobs true` writes (ms-swift 4.6,
+//! `pipelines/infer/infer.py`): `response`, `labels`, `logprobs`, then the dataset row's
+//! `messages` with the response appended as an assistant turn, and its `images` as
+//! `{"bytes": null, "path"}`. The chosen entry's key is `logprobs` (plural), the top-list
+//! entries' key `logprob`, as ms-swift's `_get_seq_cls_logprobs` writes them. Ours adds
+//! `index` (the dataset row) and `class_logprobs` (every class, in class order).
 
 use std::io::Write;
 use std::path::Path;
@@ -26,26 +34,36 @@ pub struct ScoreLine {
     pub response: Value,
     /// Per-class log-probabilities in class order; null for regression.
     pub class_logprobs: Option<Vec<f32>>,
-    /// `{"content": [{"index", "logprob", "top_logprobs": [...]}]}`; null for regression.
+    /// `{"content": [{"index", "logprobs", "top_logprobs": [{"index", "logprob"}, ..]}]}`;
+    /// null for regression.
     pub logprobs: Option<Value>,
+    /// The row's messages, then `{"role": "assistant", "content": response}`.
+    pub messages: Vec<Value>,
+    /// `{"bytes": null, "path": p}` per image, the path as written in the dataset row.
+    pub images: Vec<Value>,
+}
+
+/// ms-swift's `top_logprobs` default for seq_cls inference (`transformers_engine.py`).
+pub const TOP_LOGPROBS: usize = 20;
+
+/// What a scored sample brings besides its logits.
+pub struct SampleRow<'a> {
+    pub index: usize,
+    pub label: Option<&'a Label>,
+    /// (role, content) of each message, as in the dataset row.
+    pub messages: &'a [(String, String)],
     /// Image paths as written in the dataset row.
-    pub images: Vec<String>,
+    pub images: &'a [String],
 }
 
 /// Build the line of one sample from its logits `[num_labels]`.
-pub fn score_line(
-    index: usize,
-    problem: ProblemType,
-    logits: &[f32],
-    label: Option<&Label>,
-    images: Vec<String>,
-) -> ScoreLine {
-    let labels = label.map_or(Value::Null, label_json);
+pub fn score_line(row: &SampleRow, problem: ProblemType, logits: &[f32]) -> ScoreLine {
+    let labels = row.label.map_or(Value::Null, label_json);
     let (response, class_logprobs, logprobs) = match problem {
         ProblemType::SingleLabelClassification => {
             let lp = log_softmax(logits);
             let pred = argmax(logits);
-            let content = json!({"index": pred, "logprob": lp[pred], "top_logprobs": top(&lp)});
+            let content = json!({"index": pred, "logprobs": lp[pred], "top_logprobs": top(&lp)});
             (json!(pred), Some(lp), Some(json!({"content": [content]})))
         }
         ProblemType::MultiLabelClassification => {
@@ -53,7 +71,7 @@ pub fn score_line(
             // sigmoid(z) ≥ 0.5 ⇔ z ≥ 0.
             let preds: Vec<usize> = (0..logits.len()).filter(|&c| logits[c] >= 0.0).collect();
             let chosen: Vec<f32> = preds.iter().map(|&c| lp[c]).collect();
-            let content = json!({"index": preds, "logprob": chosen, "top_logprobs": top(&lp)});
+            let content = json!({"index": preds, "logprobs": chosen, "top_logprobs": top(&lp)});
             (json!(preds), Some(lp), Some(json!({"content": [content]})))
         }
         ProblemType::Regression => {
@@ -65,22 +83,35 @@ pub fn score_line(
             (response, None, None)
         }
     };
+    let mut messages: Vec<Value> = row
+        .messages
+        .iter()
+        .map(|(role, content)| json!({"role": role, "content": content}))
+        .collect();
+    messages.push(json!({"role": "assistant", "content": response.clone()}));
     ScoreLine {
-        index,
+        index: row.index,
         labels,
         response,
         class_logprobs,
         logprobs,
-        images,
+        messages,
+        images: row
+            .images
+            .iter()
+            .map(|p| json!({"bytes": null, "path": p}))
+            .collect(),
     }
 }
 
-/// `[{"index": c, "logprob": lp}, ...]` over all classes, best first (ties by index).
+/// `[{"index": c, "logprob": lp}, ...]`, best first (ties by index), at most
+/// `TOP_LOGPROBS` classes.
 fn top(lp: &[f32]) -> Vec<Value> {
     let mut order: Vec<usize> = (0..lp.len()).collect();
     order.sort_by(|&a, &b| lp[b].total_cmp(&lp[a]).then(a.cmp(&b)));
     order
         .into_iter()
+        .take(TOP_LOGPROBS)
         .map(|c| json!({"index": c, "logprob": lp[c]}))
         .collect()
 }
@@ -199,12 +230,18 @@ mod tests {
 
     #[test]
     fn single_label_line_has_the_contract_shape() {
+        let messages = [("user".to_string(), "<image>Which?".to_string())];
+        let images = ["a.png".to_string()];
+        let row = SampleRow {
+            index: 7,
+            label: Some(&Label::Class(1)),
+            messages: &messages,
+            images: &images,
+        };
         let line = score_line(
-            7,
+            &row,
             ProblemType::SingleLabelClassification,
             &[0.5, 2.0, -1.0],
-            Some(&Label::Class(1)),
-            vec!["a.png".into()],
         );
         let v = serde_json::to_value(&line).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
@@ -216,6 +253,7 @@ mod tests {
                 "response",
                 "class_logprobs",
                 "logprobs",
+                "messages",
                 "images"
             ]
         );
@@ -227,7 +265,7 @@ mod tests {
         assert!((total - 1.0).abs() < 1e-6);
         let c = &v["logprobs"]["content"][0];
         assert_eq!(c["index"], 1);
-        assert_eq!(c["logprob"].as_f64().unwrap() as f32, lp[1]);
+        assert_eq!(c["logprobs"].as_f64().unwrap() as f32, lp[1]);
         let order: Vec<u64> = c["top_logprobs"]
             .as_array()
             .unwrap()
@@ -235,7 +273,27 @@ mod tests {
             .map(|t| t["index"].as_u64().unwrap())
             .collect();
         assert_eq!(order, [1, 0, 2]);
-        assert_eq!(v["images"], json!(["a.png"]));
+        assert_eq!(v["images"], json!([{"bytes": null, "path": "a.png"}]));
+        assert_eq!(
+            v["messages"],
+            json!([{"role": "user", "content": "<image>Which?"}, {"role": "assistant", "content": 1}])
+        );
+    }
+
+    #[test]
+    fn top_list_stops_at_twenty_classes_as_swift_infer() {
+        let logits: Vec<f32> = (0..25).map(|c| c as f32 / 10.0).collect();
+        let row = SampleRow {
+            index: 0,
+            label: None,
+            messages: &[],
+            images: &[],
+        };
+        let line = score_line(&row, ProblemType::SingleLabelClassification, &logits);
+        let top = &line.logprobs.unwrap()["content"][0]["top_logprobs"];
+        assert_eq!(top.as_array().unwrap().len(), TOP_LOGPROBS);
+        assert_eq!(top[0]["index"], 24);
+        assert_eq!(line.class_logprobs.unwrap().len(), 25);
     }
 
     #[test]
@@ -247,12 +305,17 @@ mod tests {
 
     #[test]
     fn multi_label_uses_sigmoid_threshold_and_logsigmoid() {
+        let label = Label::Classes(vec![0]);
+        let row = SampleRow {
+            index: 0,
+            label: Some(&label),
+            messages: &[],
+            images: &[],
+        };
         let line = score_line(
-            0,
+            &row,
             ProblemType::MultiLabelClassification,
             &[1.0, -2.0, 0.0],
-            Some(&Label::Classes(vec![0])),
-            vec![],
         );
         assert_eq!(line.response, json!([0, 2]));
         let lp = line.class_logprobs.unwrap();
@@ -260,23 +323,29 @@ mod tests {
         assert!((lp[2] - 0.5f32.ln()).abs() < 1e-6);
         let c = &line.logprobs.unwrap()["content"][0];
         assert_eq!(c["index"], json!([0, 2]));
-        assert_eq!(c["logprob"].as_array().unwrap().len(), 2);
+        assert_eq!(c["logprobs"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            line.messages,
+            [json!({"role": "assistant", "content": [0, 2]})]
+        );
         assert!((log_sigmoid(-100.0) + 100.0).abs() < 1e-4);
     }
 
     #[test]
     fn regression_has_float_response_and_no_logprobs() {
-        let line = score_line(
-            3,
-            ProblemType::Regression,
-            &[0.25],
-            Some(&Label::Values(vec![0.5])),
-            vec![],
-        );
+        let label = Label::Values(vec![0.5]);
+        let row = SampleRow {
+            index: 3,
+            label: Some(&label),
+            messages: &[],
+            images: &[],
+        };
+        let line = score_line(&row, ProblemType::Regression, &[0.25]);
         let v = serde_json::to_value(&line).unwrap();
         assert_eq!(v["response"], 0.25);
         assert_eq!(v["labels"], 0.5);
         assert!(v["logprobs"].is_null() && v["class_logprobs"].is_null());
+        assert!(v.as_object().unwrap().contains_key("logprobs"));
     }
 
     #[test]

@@ -16,7 +16,8 @@ use crate::model::tokenizer::{ModelSource, SpecialTokens, load_tokenizer, tokeni
 use crate::task::ProblemType;
 
 /// Bump when the records, images or stats this stage writes change.
-const VERSION: u32 = 1;
+/// 2: records carry the row's messages; JPEGs decoded as Pillow does.
+const VERSION: u32 = 2;
 
 pub struct DatasetStage {
     sources: Vec<SplitSource>,
@@ -109,12 +110,14 @@ impl Stage for DatasetStage {
         VERSION
     }
 
+    /// Rows keep their file order and nothing is drawn at random.
+    fn seeded(&self) -> bool {
+        false
+    }
+
     fn params(&self) -> Value {
         let o = &self.opts;
-        let truncation = match o.truncation {
-            Truncation::Error => "error",
-            Truncation::Delete => "delete",
-        };
+        let truncation = o.truncation.as_str();
         // BTreeMap: sorted keys (serde_json keeps insertion order here).
         let params: BTreeMap<&str, Value> = BTreeMap::from([
             ("max_length", json!(o.max_length)),

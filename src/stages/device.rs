@@ -9,26 +9,15 @@ use crate::graph::{StageContext, StageError};
 
 /// A stage body generic over the backend it computes on.
 pub(crate) trait OnBackend {
-    /// `on.0` says which backend `B` is (the CPU or a GPU) for choices that depend on it.
-    fn run_on<B: Backend>(
-        &self,
-        ctx: &StageContext,
-        on: (DeviceKind, B::Device),
-        dtype: DType,
-    ) -> Result<(), StageError>;
-
-    /// With every device the scheduler handed the stage (`StageContext::devices`, at least
-    /// one, all of kind `on.0`): stages that spread over replicas override it; by default
-    /// the first device.
+    /// Run with every device the scheduler handed the stage (`StageContext::devices`, at
+    /// least one, all of kind `on.0`, which says whether `B` is the CPU or a GPU); stages
+    /// without replicas use the first.
     fn run_on_all<B: Backend>(
         &self,
         ctx: &StageContext,
-        (kind, devices): (DeviceKind, Vec<B::Device>),
+        on: (DeviceKind, Vec<B::Device>),
         dtype: DType,
-    ) -> Result<(), StageError> {
-        let first = devices.into_iter().next().expect("at least one device");
-        self.run_on::<B>(ctx, (kind, first), dtype)
-    }
+    ) -> Result<(), StageError>;
 }
 
 /// How a stage treats a bf16 `torch_dtype` on the CPU.
@@ -39,6 +28,25 @@ pub(crate) enum CpuDtype {
     F32For(&'static str),
     /// Keep the model dtype (the output must be written in it).
     Keep,
+}
+
+/// The dtype a stage computes in on the CPU (`on_cpu`) or a GPU, for a model `dtype`.
+fn compute_dtype(on_cpu: bool, dtype: DType, cpu: CpuDtype) -> DType {
+    match cpu {
+        CpuDtype::F32For(_) if on_cpu => DType::F32,
+        _ => dtype,
+    }
+}
+
+/// `Stage::device_key` of a model stage: the device kind and the dtype it computes in there
+/// (a bfloat16 experiment trains in float32 on the CPU and in bfloat16 on a GPU).
+pub(crate) fn device_key(device_kind: &str, dtype: DType, cpu: CpuDtype) -> serde_json::Value {
+    let name = match compute_dtype(device_kind == "cpu", dtype, cpu) {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        _ => "float32",
+    };
+    serde_json::json!({ "device": device_kind, "compute_dtype": name })
 }
 
 /// Resolve `setting` (the scheduler's pins in `ctx.devices` win), say what was chosen, and
@@ -83,23 +91,20 @@ pub(crate) fn run_on_device(
     }
     match kind {
         DeviceKind::Cpu => {
-            let dtype = match cpu {
-                CpuDtype::F32For(work) if dtype == DType::BF16 => {
-                    ctx.say(format!(
-                        "[{}] torch_dtype bfloat16 → {work} in float32 on the CPU (bf16 matmuls are slow there)",
-                        ctx.name
-                    ));
-                    DType::F32
-                }
-                CpuDtype::F32For(_) => DType::F32,
-                CpuDtype::Keep => dtype,
-            };
+            if let CpuDtype::F32For(work) = cpu
+                && dtype == DType::BF16
+            {
+                ctx.say(format!(
+                    "[{}] torch_dtype bfloat16 → {work} in float32 on the CPU (bf16 matmuls are slow there)",
+                    ctx.name
+                ));
+            }
             let devices = vec![Default::default(); kinds.len()];
-            job.run_on_all::<CpuBackend>(ctx, (kind, devices), dtype)
+            job.run_on_all::<CpuBackend>(ctx, (kind, devices), compute_dtype(true, dtype, cpu))
         }
         DeviceKind::Cuda(_) => {
             let devices = kinds.iter().filter_map(|k| k.cuda_device()).collect();
-            job.run_on_all::<CudaBackend>(ctx, (kind, devices), dtype)
+            job.run_on_all::<CudaBackend>(ctx, (kind, devices), compute_dtype(false, dtype, cpu))
         }
     }
 }

@@ -11,22 +11,24 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, backend::Backend};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::device::{CpuDtype, OnBackend, run_on_device};
+use super::model_spec::{base_model_name, model_weight_files};
 use crate::adapter::apply::apply_adapter;
 use crate::adapter::{AdapterConfig, PeftAdapter, read_peft_adapter, write_peft_adapter};
 use crate::backend::DeviceKind;
 use crate::experiment::schema::{Common, ExportParams};
 use crate::export::hf_config::HeadSpec;
 use crate::export::merged::{copy_processor_files, preprocessor_config, write_merged};
-use crate::export::output_dir::{check_writable, publish_copy};
+use crate::export::output_dir::{Marker, check_writable, publish_copy};
 use crate::export::shards::DEFAULT_MAX_SHARD_BYTES;
-use crate::export::source::{base_config, base_model_name, model_dtype, train_adapter_dir};
-use crate::graph::{Stage, StageContext, StageError};
+use crate::export::source::{base_config, model_dtype, train_adapter_dir};
+use crate::graph::{CacheHit, Stage, StageContext, StageError};
 use crate::model::tokenizer::{SpecialTokens, load_tokenizer};
 use crate::model::{ModelSource, load_classifier};
 use crate::stages::dataset::model_source;
+use crate::store::manifest::MANIFEST;
 use crate::task::ProblemType;
 
 pub struct ExportStage {
@@ -208,41 +210,68 @@ impl Stage for ExportStage {
     fn required_inputs(&self) -> &'static [&'static str] {
         &["train"]
     }
+    /// Merges the adapter into the model on a device.
+    fn uses_device(&self) -> bool {
+        true
+    }
+
+    fn device_key(&self, device_kind: &str) -> serde_json::Value {
+        let dtype = model_dtype(&self.common.model.torch_dtype).map_or(DType::F32, |d| d.0);
+        super::device::device_key(device_kind, dtype, CpuDtype::Keep)
+    }
+
+    /// The backbone in the model dtype must fit the device.
+    fn check_fits(&self, name: &str, device_kind: &str) -> Result<(), StageError> {
+        let (_, weights) = super::fit::model_weights(&self.common.model, device_kind, false)?;
+        super::fit::check_memory(name, device_kind, &[weights])
+    }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
         let (dtype, _) = model_dtype(&self.common.model.torch_dtype).map_err(input)?;
         run_on_device(self, ctx, &self.common.model.device, dtype, CpuDtype::Keep)
     }
+
+    /// Put the cached export back into `output_dir` when it is missing, incomplete or from
+    /// another export; a directory the user changed is left alone, with a warning.
+    fn on_cache_hit(&self, hit: &CacheHit) -> Result<(), StageError> {
+        let Some(dest) = &self.params.output_dir else {
+            return Ok(());
+        };
+        let dest = Path::new(dest);
+        let current = Marker::read(dest)
+            .ok()
+            .flatten()
+            .is_some_and(|m| m.key == hit.key && m.files.keys().all(|f| dest.join(f).is_file()));
+        if current {
+            return Ok(());
+        }
+        let say = |m: String| crate::report::table::print_above(hit.progress, &m);
+        match publish_copy(hit.entry, dest, &origin(hit.name), hit.key, &[MANIFEST]) {
+            Ok(()) => say(format!(
+                "[{}] restored {} from the cache",
+                hit.name,
+                dest.display()
+            )),
+            Err(e) => say(format!("[{}] warning: {e}", hit.name)),
+        }
+        Ok(())
+    }
 }
 
-/// `config.json` and the safetensors files (+ index) of a model directory.
-pub fn model_weight_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let mut files = vec![dir.join("config.json")];
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| format!("[model] path {}: {e}", dir.display()))?;
-    let mut weights: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            name.ends_with(".safetensors") || name == "model.safetensors.index.json"
-        })
-        .collect();
-    weights.sort();
-    files.extend(weights);
-    Ok(files)
+/// Who wrote an `output_dir`, for its marker.
+fn origin(stage: &str) -> String {
+    format!("pipeline export stage `{stage}`")
 }
 
 impl OnBackend for ExportStage {
-    fn run_on<B: Backend>(
+    /// One device: the first the stage was given.
+    fn run_on_all<B: Backend>(
         &self,
         ctx: &StageContext,
-        (_, device): (DeviceKind, B::Device),
+        (_, devices): (DeviceKind, Vec<B::Device>),
         dtype: DType,
     ) -> Result<(), StageError> {
+        let device = devices.into_iter().next().expect("at least one device");
         let train = ctx
             .upstream_of_kind("train")
             .ok_or_else(|| input(format!("export stage `{}` needs a train stage", ctx.name)))?;
@@ -261,6 +290,7 @@ impl OnBackend for ExportStage {
                 self.write_merged_dir::<B>(&ctx.out_dir.join("merged"), &adapter, device, dtype)?;
             written.extend(files.into_iter().map(|f| format!("merged/{f}")));
         }
+        copy_swift_args(&adapter_dir, ctx.out_dir, &written).map_err(failed_io)?;
         let summary = json!({
             "adapter": adapter_dir.display().to_string(),
             "checkpoint": self.params.checkpoint,
@@ -278,9 +308,14 @@ impl OnBackend for ExportStage {
         )
         .map_err(|e| StageError::Failed(anyhow::anyhow!("{}: {e}", path.display())))?;
         if let Some(dest) = &self.params.output_dir {
-            let marker = format!("pipeline export stage `{}` key {}\n", ctx.name, ctx.key);
-            publish_copy(ctx.out_dir, Path::new(dest), &marker)
-                .map_err(|e| input(e.to_string()))?;
+            publish_copy(
+                ctx.out_dir,
+                Path::new(dest),
+                &origin(ctx.name),
+                ctx.key,
+                &[],
+            )
+            .map_err(|e| input(e.to_string()))?;
             say(format!("[{}] copied to {dest}", ctx.name));
         }
         say(format!(
@@ -291,4 +326,50 @@ impl OnBackend for ExportStage {
         ));
         Ok(())
     }
+}
+
+fn failed_io(e: std::io::Error) -> StageError {
+    StageError::Failed(e.into())
+}
+
+/// The training run's `args.json` (ms-swift's layout) into `peft/` and `merged/`, so
+/// `swift infer --adapters peft` (or `--model merged`) finds the settings; the merged
+/// README names the model as `model_name` / `model_author` say.
+fn copy_swift_args(adapter_dir: &Path, out: &Path, written: &[String]) -> std::io::Result<()> {
+    use crate::adapter::peft::ARGS_FILE;
+    let src = adapter_dir.join(ARGS_FILE);
+    let Ok(text) = std::fs::read_to_string(&src) else {
+        return Ok(());
+    };
+    for sub in ["peft", "merged"] {
+        if written.iter().any(|w| w.starts_with(&format!("{sub}/"))) {
+            std::fs::write(out.join(sub).join(ARGS_FILE), &text)?;
+        }
+    }
+    let args: Value = serde_json::from_str(&text).unwrap_or_default();
+    let names = |k: &str| {
+        args.get(k)
+            .and_then(Value::as_array)
+            .map(|v| {
+                v.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            })
+            .filter(|s| !s.is_empty())
+    };
+    let readme = out.join("merged").join("README.md");
+    if readme.is_file()
+        && let (Some(name), author) = (names("model_name"), names("model_author"))
+    {
+        let mut text = std::fs::read_to_string(&readme)?;
+        text.push_str(&format!(
+            "\nModel name: {name}{}\n",
+            author
+                .map(|a| format!(" (author: {a})"))
+                .unwrap_or_default()
+        ));
+        std::fs::write(&readme, text)?;
+    }
+    Ok(())
 }

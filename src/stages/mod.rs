@@ -9,7 +9,11 @@ use crate::task::ProblemType;
 pub mod dataset;
 mod device;
 pub mod export;
+mod fit;
+mod model_spec;
+pub mod resources;
 pub mod score;
+pub mod swift_args;
 pub mod train;
 
 /// Build the stage for `spec` (`graph::Plan::build` takes this as its factory).

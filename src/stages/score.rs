@@ -20,6 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use super::device::{CpuDtype, OnBackend, check_replica_pool, run_on_device};
+use super::model_spec::model_weight_files;
 use crate::adapter::apply::apply_adapter;
 use crate::adapter::read_peft_adapter;
 use crate::backend::DeviceKind;
@@ -30,13 +31,13 @@ use crate::graph::{Stage, StageContext, StageError};
 use crate::model::inputs::{PaddingSide, SampleInputs, collate};
 use crate::model::processor::pixel_rows;
 use crate::model::tokenizer::{SpecialTokens, load_tokenizer};
+use crate::model::weights::checkpoint_score_rows;
 use crate::model::{ModelSource, SeqClassifier, load_classifier};
 use crate::report::confusion::render_confusion;
 use crate::report::metrics::Metrics;
-use crate::report::scores::{ScoreLine, score_line, split_metrics, write_scores};
+use crate::report::scores::{SampleRow, ScoreLine, score_line, split_metrics, write_scores};
 use crate::report::table::metrics_table;
 use crate::stages::dataset::model_source;
-use crate::stages::export::model_weight_files;
 use crate::task::ProblemType;
 use crate::train::spread::{Spread, map_batches};
 
@@ -187,7 +188,7 @@ impl ScoreStage {
             }
             None => {
                 if let ModelSource::Path(d) = &source
-                    && !checkpoint_has_score(d)
+                    && !matches!(checkpoint_score_rows(d), Ok(Some(_)))
                 {
                     crate::report::table::print_above(
                         ctx.progress,
@@ -282,27 +283,6 @@ fn replica_copies<B: Backend>(
         .collect()
 }
 
-/// Whether a model directory's safetensors hold `score.weight` (headers only).
-fn checkpoint_has_score(dir: &Path) -> bool {
-    let Ok(files) = model_weight_files(dir) else {
-        return false;
-    };
-    files
-        .iter()
-        .filter(|f| f.extension().is_some_and(|e| e == "safetensors"))
-        .any(|f| {
-            std::fs::File::open(f).ok().and_then(|mut file| {
-                use std::io::Read;
-                let mut len = [0u8; 8];
-                file.read_exact(&mut len).ok()?;
-                let mut header = vec![0u8; u64::from_le_bytes(len).min(100_000_000) as usize];
-                file.read_exact(&mut header).ok()?;
-                let json: Value = serde_json::from_slice(&header).ok()?;
-                Some(json.get("score.weight").is_some())
-            }) == Some(true)
-        })
-}
-
 fn merge_into(target: &mut Value, extra: Value) {
     if let (Value::Object(t), Value::Object(e)) = (target, extra) {
         t.extend(e);
@@ -314,8 +294,9 @@ impl Stage for ScoreStage {
         "score"
     }
 
+    /// 2: scores.jsonl lines carry `messages` and `images` objects, as ms-swift 4 writes.
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     /// batch_size is left out: it changes nothing but float rounding.
@@ -365,6 +346,10 @@ impl Stage for ScoreStage {
     fn required_inputs(&self) -> &'static [&'static str] {
         &["dataset"]
     }
+    /// Runs the model on the device the scheduler pins.
+    fn uses_device(&self) -> bool {
+        true
+    }
 
     fn device_slots(&self) -> usize {
         self.params.nproc_per_node.max(1)
@@ -372,6 +357,36 @@ impl Stage for ScoreStage {
 
     fn check_pool(&self, pool: &[String]) -> Result<(), StageError> {
         check_replica_pool("nproc_per_node", self.params.nproc_per_node, pool)
+    }
+
+    fn device_key(&self, device_kind: &str) -> Value {
+        let dtype = model_dtype(&self.common.model.torch_dtype).map_or(DType::F32, |d| d.0);
+        super::device::device_key(device_kind, dtype, CpuDtype::F32For("scoring"))
+    }
+
+    /// The backbone, the head and the metrics' confusion matrix must fit the device.
+    fn check_fits(&self, name: &str, device_kind: &str) -> Result<(), StageError> {
+        if let Some(dir) = &self.params.adapter {
+            super::fit::check_adapter_file(dir)?;
+        }
+        let (cfg, weights) = super::fit::model_weights(&self.common.model, device_kind, true)?;
+        let n = self.common.task.num_labels as u64;
+        let confusion = match self.problem {
+            ProblemType::SingleLabelClassification => n.saturating_mul(n).saturating_mul(8),
+            ProblemType::MultiLabelClassification => n * 32,
+            ProblemType::Regression => 0,
+        };
+        let labels = |what, bytes| super::fit::Need {
+            key: "task.num_labels".into(),
+            what,
+            bytes,
+        };
+        let needs = [
+            weights,
+            labels("score head", n * cfg.text.hidden_size as u64 * 4),
+            labels("confusion matrix", confusion),
+        ];
+        super::fit::check_memory(name, device_kind, &needs)
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
@@ -387,15 +402,6 @@ impl Stage for ScoreStage {
 }
 
 impl OnBackend for ScoreStage {
-    fn run_on<B: Backend>(
-        &self,
-        ctx: &StageContext,
-        (kind, device): (DeviceKind, B::Device),
-        dtype: DType,
-    ) -> Result<(), StageError> {
-        self.run_on_all::<B>(ctx, (kind, vec![device]), dtype)
-    }
-
     /// The batches (those of one device, so the same scores) spread over one model copy per
     /// device: side by side on the rayon pool on the CPU, a thread per GPU.
     fn run_on_all<B: Backend>(
@@ -453,13 +459,14 @@ impl OnBackend for ScoreStage {
             .iter()
             .zip(&logits)
             .map(|(r, z)| {
-                score_line(
-                    r.index,
-                    self.problem,
-                    z,
-                    r.label.as_ref(),
-                    r.images.iter().map(|i| i.source.clone()).collect(),
-                )
+                let images: Vec<String> = r.images.iter().map(|i| i.source.clone()).collect();
+                let row = SampleRow {
+                    index: r.index,
+                    label: r.label.as_ref(),
+                    messages: &r.messages,
+                    images: &images,
+                };
+                score_line(&row, self.problem, z)
             })
             .collect();
         write_scores(&ctx.out_dir.join("scores.jsonl"), &lines).map_err(failed)?;

@@ -1,5 +1,5 @@
 //! `kind = "train"`: LoRA fine-tuning of the seq_cls model on the dataset stage's records
-//! (`swift sft --task_type seq_cls --train_type lora`). Thin glue: validate the params,
+//! (`swift sft --task_type seq_cls --tuner_type lora`). Thin glue: validate the params,
 //! pick the device, load the model and splits, run `train::trainer::train`, write the
 //! final artifacts (`train::outputs`).
 //!
@@ -8,6 +8,8 @@
 //! complete checkpoint in its output directory.
 
 use super::device::{CpuDtype, OnBackend, check_replica_pool, run_on_device};
+use super::fit;
+use super::model_spec::model_weight_files;
 use crate::adapter::targets::{TargetModules, target_regex};
 use crate::adapter::{AdapterConfig, read_peft_adapter};
 use crate::backend::DeviceKind;
@@ -15,6 +17,7 @@ use crate::data::record::load_split;
 use crate::experiment::schema::{Common, TargetModules as RawTargets, TrainParams};
 use crate::graph::{Stage, StageContext, StageError};
 use crate::model::lora::{LoraSpec, TargetSelector, select_targets};
+use crate::model::weights::checkpoint_score_rows;
 use crate::model::{SeqClassifier, WeightsSource, load_classifier_from};
 use crate::task::ProblemType;
 use crate::train::checkpoint::BestMetric;
@@ -32,6 +35,9 @@ use std::path::{Path, PathBuf};
 
 /// Bump when the artifacts change.
 const VERSION: u32 = 1;
+/// ms-swift's `attn_impl` choices: flash_attn / sdpa pick the memory-efficient attention,
+/// eager the plain one (our kernels compute the same attention either way).
+pub const ATTN_IMPLS: &[&str] = &["flash_attn", "sdpa", "eager"];
 /// Test hook: make the loop stop with an error after this optimizer step (resume tests).
 pub const INTERRUPT_ENV: &str = "PIPELINE_TRAIN_INTERRUPT_AFTER_STEPS";
 
@@ -51,14 +57,26 @@ impl TrainStage {
     /// Validate `params` (everything that can be checked without the model or data).
     pub fn new(params: TrainParams, common: &Common) -> Result<Self, StageError> {
         let p = &params;
-        if p.train_type != "lora" {
+        if p.tuner_type != "lora" {
             return Err(input(format!(
-                "train_type {:?} is not supported (valid: lora)",
-                p.train_type
+                "tuner_type {:?} is not supported (valid: lora)",
+                p.tuner_type
             )));
         }
         if p.lora_rank == 0 {
             return Err(input("lora_rank must be at least 1"));
+        }
+        if let Some(dir) = &p.output_dir {
+            crate::export::output_dir::check_writable(Path::new(dir))
+                .map_err(|e| input(format!("output_dir: {e}")))?;
+        }
+        if let Some(a) = &p.attn_impl
+            && !ATTN_IMPLS.contains(&a.as_str())
+        {
+            return Err(input(format!(
+                "attn_impl {a:?} is not supported (valid: {})",
+                ATTN_IMPLS.join(", ")
+            )));
         }
         if !(0.0..1.0).contains(&p.lora_dropout) {
             return Err(input(format!(
@@ -164,15 +182,21 @@ impl TrainStage {
                 weight_decay: p.weight_decay,
             },
             max_grad_norm: p.max_grad_norm,
-            eval_steps: p.eval_steps,
+            // ms-swift: eval_strategy "steps" with no eval_steps evaluates every save_steps.
+            eval_steps: p.eval_steps.or(Some(p.save_steps)),
             save_steps: p.save_steps,
             save_total_limit: p.save_total_limit,
             logging_steps: p.logging_steps,
             best_metric,
             data_seed: p.data_seed,
+            shuffle: crate::train::data_order::Shuffle::from_flags(
+                p.dataset_shuffle,
+                p.train_dataloader_shuffle,
+            ),
             seed: common.seed,
             shards: CPU_SHARDS,
             replicas: p.nproc_per_node.max(1),
+            gradient_checkpointing: p.gradient_checkpointing,
         };
         let lora = LoraSpec {
             r: p.lora_rank,
@@ -202,14 +226,11 @@ impl TrainStage {
     }
 }
 
+/// The Burn dtype of `torch_dtype` (the one mapping: `export::source::model_dtype`).
 fn dtype_of(s: &str) -> Result<DType, StageError> {
-    match s {
-        "float32" => Ok(DType::F32),
-        "bfloat16" => Ok(DType::BF16),
-        other => Err(input(format!(
-            "[model] torch_dtype {other:?} is not supported (valid: float32, bfloat16)"
-        ))),
-    }
+    crate::export::source::model_dtype(s)
+        .map(|(dtype, _)| dtype)
+        .map_err(input)
 }
 
 impl Stage for TrainStage {
@@ -226,11 +247,13 @@ impl Stage for TrainStage {
     /// the algorithm. So is the replica count: the key holds the global batch
     /// (`per_device_train_batch_size × nproc_per_node`, as one device would take it), which
     /// fixes the result; so a training stopped on 2 devices continues on 1 from its
-    /// checkpoints, and a finished one is reused.
+    /// checkpoints, and a finished one is reused. So is `gradient_checkpointing`: it changes
+    /// memory and time, not the gradients (`model::train_pass`).
     fn params(&self) -> serde_json::Value {
         let mut train = serde_json::to_value(&self.params).unwrap_or_default();
         if let Some(o) = train.as_object_mut() {
             o.remove("needs");
+            o.remove("gradient_checkpointing");
             o.remove("nproc_per_node");
             o.insert(
                 "per_device_train_batch_size".into(),
@@ -249,7 +272,7 @@ impl Stage for TrainStage {
     fn input_files(&self) -> Result<Vec<PathBuf>, StageError> {
         let mut files = Vec::new();
         if let Some(dir) = self.model_dir() {
-            files.extend(weight_files(&dir)?);
+            files.extend(model_weight_files(&dir).map_err(input)?);
         }
         if let Some(a) = &self.params.adapter {
             let a = PathBuf::from(a);
@@ -261,6 +284,58 @@ impl Stage for TrainStage {
 
     fn required_inputs(&self) -> &'static [&'static str] {
         &["dataset"]
+    }
+    /// Trains the model on the device the scheduler pins.
+    fn uses_device(&self) -> bool {
+        true
+    }
+
+    fn device_key(&self, device_kind: &str) -> serde_json::Value {
+        let dtype = dtype_of(&self.common.model.torch_dtype).unwrap_or(DType::F32);
+        super::device::device_key(device_kind, dtype, CpuDtype::F32For("training"))
+    }
+
+    /// Targets that exist, a rank they can take, a checkpoint head of `num_labels` rows,
+    /// and a memory floor the device holds (see `stages::fit`).
+    fn check_fits(&self, name: &str, device_kind: &str) -> Result<(), StageError> {
+        let (cfg, weights) = fit::model_weights(&self.common.model, device_kind, true)?;
+        let table = format!("stages.{name}");
+        let lora = match &self.params.adapter {
+            // The adapter's own targets and rank apply; its loader checks them. Its file
+            // is checked here already, so a damaged one fails before the dataset stage.
+            Some(dir) => {
+                fit::check_adapter_file(dir)?;
+                0
+            }
+            None => {
+                let picked = fit::check_lora(&cfg, &self.lora.targets, self.lora.r, &table)?;
+                fit::lora_params(&picked, self.lora.r)
+            }
+        };
+        let num_labels = self.spec.num_labels;
+        if let Some(dir) = self.model_dir()
+            && let Some(rows) = checkpoint_score_rows(&dir).map_err(|e| input(e.to_string()))?
+            && rows != num_labels
+        {
+            return Err(StageError::Param {
+                key: "task.num_labels".into(),
+                message: format!(
+                    "{} has a score.weight of {rows} labels but num_labels = {num_labels}",
+                    dir.display()
+                ),
+            });
+        }
+        let head = (num_labels * cfg.text.hidden_size) as u64;
+        let needs = [
+            weights,
+            fit::trainable_need(
+                lora,
+                format!("{table}.lora_rank"),
+                "LoRA A/B (×4: value, gradient, AdamW moments)",
+            ),
+            fit::trainable_need(head, "task.num_labels".into(), "score head (×4)"),
+        ];
+        fit::check_memory(name, device_kind, &needs)
     }
 
     fn resumable(&self) -> bool {
@@ -288,15 +363,6 @@ impl Stage for TrainStage {
 }
 
 impl OnBackend for TrainStage {
-    fn run_on<B: Backend>(
-        &self,
-        ctx: &StageContext,
-        (kind, device): (DeviceKind, B::Device),
-        dtype: DType,
-    ) -> Result<(), StageError> {
-        self.run_on_all::<B>(ctx, (kind, vec![device]), dtype)
-    }
-
     fn run_on_all<B: Backend>(
         &self,
         ctx: &StageContext,
@@ -316,10 +382,7 @@ impl OnBackend for TrainStage {
         };
         let placement = Placement {
             shards: shards_for(kind),
-            spread: match kind {
-                DeviceKind::Cpu => Spread::Pool,
-                DeviceKind::Cuda(_) => Spread::Threads,
-            },
+            spread: spread_for(kind),
         };
         self.train_on::<Autodiff<B>>(ctx, &devices, dtype, placement)
     }
@@ -332,45 +395,11 @@ struct Placement {
     spread: Spread,
 }
 
-/// `config.json` and the safetensors weights (index + shards, or one file) of a model dir.
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, StageError> {
-    let mut files = vec![dir.join("config.json")];
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| input(format!("[model] path {}: {e}", dir.display())))?;
-    let mut st: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let n = p
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default();
-            n.ends_with(".safetensors") || n == "model.safetensors.index.json"
-        })
-        .collect();
-    st.sort();
-    files.extend(st);
-    Ok(files)
-}
-
-/// Rows of `score.weight` in a model directory's checkpoint, if it has one.
-fn checkpoint_score_rows(dir: &Path) -> Option<usize> {
-    for f in weight_files(dir).ok()? {
-        if f.extension().is_none_or(|e| e != "safetensors") {
-            continue;
-        }
-        let mut file = std::fs::File::open(&f).ok()?;
-        let mut len = [0u8; 8];
-        std::io::Read::read_exact(&mut file, &mut len).ok()?;
-        let n = u64::from_le_bytes(len) as usize;
-        let mut header = vec![0u8; n];
-        std::io::Read::read_exact(&mut file, &mut header).ok()?;
-        let json: serde_json::Value = serde_json::from_slice(&header).ok()?;
-        if let Some(shape) = json.get("score.weight").and_then(|t| t.get("shape")) {
-            return shape.get(0).and_then(|v| v.as_u64()).map(|v| v as usize);
-        }
-    }
-    None
+/// The dataset stage's params, from its cache manifest (for args.json).
+fn dataset_params(dir: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("manifest.json")).ok()?;
+    let manifest: serde_json::Value = serde_json::from_str(&text).ok()?;
+    manifest.get("params").cloned()
 }
 
 /// Shards of a global micro-batch on the CPU (`TrainSpec::shards`), run side by side: a
@@ -392,6 +421,15 @@ pub fn shards_for(kind: DeviceKind) -> usize {
     match kind {
         DeviceKind::Cpu => CPU_SHARDS,
         DeviceKind::Cuda(_) => CUDA_SHARDS,
+    }
+}
+
+/// How a training on `kind` spreads its replicas' work: the rayon pool on the CPU, a thread
+/// per replica on GPUs.
+pub fn spread_for(kind: DeviceKind) -> Spread {
+    match kind {
+        DeviceKind::Cpu => Spread::Pool,
+        DeviceKind::Cuda(_) => Spread::Threads,
     }
 }
 
@@ -435,7 +473,7 @@ impl TrainStage {
 
         // Model: backbone, then adapters (fresh or from `adapter`).
         if let Some(dir) = self.model_dir()
-            && let Some(rows) = checkpoint_score_rows(&dir)
+            && let Some(rows) = checkpoint_score_rows(&dir).map_err(|e| input(e.to_string()))?
             && rows != num_labels
         {
             return Err(input(format!(
@@ -494,7 +532,12 @@ impl TrainStage {
             use_rslora: lora.use_rslora,
             target_modules: TargetModules::Regex(target_regex(&wrapped, &all_linear)),
             modules_to_save: vec!["score".into()],
-            base_model_name_or_path: crate::export::source::base_model_name(&self.common.model),
+            base_model_name_or_path: super::model_spec::base_model_name(&self.common.model),
+            args_json: Some(super::swift_args::train_args(
+                &self.common,
+                &self.params,
+                dataset_params(&data.dir).as_ref(),
+            )),
         };
         let progress = ctx.progress.add(indicatif::ProgressBar::new(0));
         progress.set_style(
@@ -514,6 +557,7 @@ impl TrainStage {
             progress,
             stop_after_steps,
             model_info: info,
+            head_dtype: dtype_of(&self.common.model.torch_dtype)?,
         };
         let val_ref = val_set
             .as_ref()
@@ -533,7 +577,7 @@ impl TrainStage {
             ctx.out_dir,
             &outcome,
             &opts.adapter_config,
-            &model.peft_tensors(),
+            &opts.stored(model.peft_tensors()),
         )
         .map_err(|e| StageError::Failed(e.into()))?;
         if let Some(e) = &outcome.final_eval {
@@ -545,6 +589,20 @@ impl TrainStage {
                 e.acc
                     .map_or(String::new(), |a| format!("  eval_acc {a:.4}"))
             ));
+        }
+        if let Some(dest) = &self.params.output_dir {
+            // ms-swift keeps a run's files in --output_dir; ours live in the cache and are
+            // also copied there (a directory we wrote before, or a new/empty one).
+            let origin = format!("pipeline train stage `{}`", ctx.name);
+            crate::export::output_dir::publish_copy(
+                ctx.out_dir,
+                Path::new(dest),
+                &origin,
+                ctx.key,
+                &[],
+            )
+            .map_err(|e| input(e.to_string()))?;
+            ctx.say(format!("[{}] copied to {dest}", ctx.name));
         }
         Ok(())
     }

@@ -1,10 +1,15 @@
-//! Cache entries: lookup (an entry without a valid manifest is a miss, never a crash),
-//! the stable partial dir a stage works in, and the atomic publish.
+//! Cache entries: lookup (an entry without a valid manifest, or whose files do not have
+//! the sizes it records, is a miss, never a crash), the stable partial dir a stage works
+//! in, and the atomic publish (files fsynced and recorded, manifest last, one rename).
 
 use std::path::{Path, PathBuf};
 
 use super::manifest::Manifest;
 use super::{Result, Store, io};
+use crate::checksums::{check_sizes, seal};
+
+/// Suffix of the marker beside a resumable stage's partial dir.
+pub const RESUMABLE_SUFFIX: &str = ".resumable";
 
 /// What the cache holds for a key.
 #[derive(Debug)]
@@ -13,8 +18,8 @@ pub enum Lookup {
     Hit(Box<Manifest>),
     /// Nothing there.
     Miss,
-    /// A directory without a usable manifest (e.g. a crash mid-publish): a miss; the
-    /// reason is worth a warning.
+    /// A directory without a usable manifest (e.g. a crash mid-publish), or with a file
+    /// missing or of the wrong size: a miss; the reason (naming the file) is worth a warning.
     Invalid(String),
 }
 
@@ -26,7 +31,10 @@ impl Store {
             return Lookup::Miss;
         }
         match Manifest::read(&dir) {
-            Ok(m) if m.key == key && m.kind == kind => Lookup::Hit(Box::new(m)),
+            Ok(m) if m.key == key && m.kind == kind => match check_sizes(&dir, &m.artifacts) {
+                Ok(()) => Lookup::Hit(Box::new(m)),
+                Err(why) => Lookup::Invalid(why),
+            },
             Ok(m) if m.kind != kind => Lookup::Invalid(format!("manifest names kind `{}`", m.kind)),
             Ok(m) => Lookup::Invalid(format!("manifest holds another key ({})", m.key)),
             Err(why) => Lookup::Invalid(why),
@@ -34,21 +42,40 @@ impl Store {
     }
 
     /// The stage's working dir: stable per key so a resumable stage finds what a crashed
-    /// run left; emptied first otherwise.
+    /// run left; emptied first otherwise. A resumable one is marked (`<dir>.resumable`
+    /// beside it) so `gc` keeps what it holds.
     pub fn prepare_partial(&self, kind: &str, key: &str, resumable: bool) -> Result<PathBuf> {
         let dir = self.partial_dir(kind, key);
+        let marker = self.resumable_marker(kind, key);
         if !resumable && dir.exists() {
             io(std::fs::remove_dir_all(&dir), "empty", &dir)?;
         }
         io(std::fs::create_dir_all(&dir), "create", &dir)?;
+        if resumable {
+            io(std::fs::write(&marker, ""), "write", &marker)?;
+        } else if marker.exists() {
+            io(std::fs::remove_file(&marker), "remove", &marker)?;
+        }
         Ok(dir)
     }
 
-    /// Finish an entry: write the manifest into `partial` last, then rename `partial`
-    /// into place (replacing an older entry of the same key, e.g. under `--force`).
-    /// The caller holds the key's lock.
+    /// `runs/cache/.partial/<kind>-<key16>.resumable`.
+    pub fn resumable_marker(&self, kind: &str, key: &str) -> PathBuf {
+        self.partial_root().join(format!(
+            "{}{RESUMABLE_SUFFIX}",
+            Store::entry_name(kind, key)
+        ))
+    }
+
+    /// Finish an entry: record and fsync every file of `partial` into the manifest, write
+    /// the manifest last, then rename `partial` into place (replacing an older entry of
+    /// the same key, e.g. under `--force` or a broken one). The caller holds the key's lock.
     pub fn publish(&self, partial: &Path, manifest: &Manifest) -> Result<PathBuf> {
         let target = self.entry_dir(&manifest.kind, &manifest.key);
+        let manifest = Manifest {
+            artifacts: seal(partial)?,
+            ..manifest.clone()
+        };
         manifest.write(partial)?;
         if target.exists() {
             let trash = self.trash_dir();
@@ -69,6 +96,7 @@ impl Store {
         if let Ok(d) = std::fs::File::open(self.cache_dir()) {
             let _ = d.sync_all();
         }
+        let _ = std::fs::remove_file(self.resumable_marker(&manifest.kind, &manifest.key));
         Ok(target)
     }
 }

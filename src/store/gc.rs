@@ -1,11 +1,14 @@
 //! `pipeline gc`: delete cache entries no `runs/<name>/…` pointer references, and
-//! partial dirs no live process holds a lock on. Lock files stay: deleting one while a
-//! process has it open would let a second process lock a fresh file (two holders).
+//! partial dirs no live process holds a lock on — but not the partial dir of a resumable
+//! stage (an interrupted training's checkpoints), unless asked (`--partials`): rerunning
+//! continues from there. Lock files stay: deleting one while a process has it open would
+//! let a second process lock a fresh file (two holders).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::lock::KeyLock;
+use super::entry::RESUMABLE_SUFFIX;
+use super::lock::{KeyLock, lease_path};
 use super::pointers::resolve_link;
 use super::{Result, Store, io};
 
@@ -18,6 +21,17 @@ pub struct GcReport {
     pub kept: usize,
     /// Unreferenced entries skipped because a running process holds their lock.
     pub busy: Vec<PathBuf>,
+    /// Partial dirs of resumable stages kept (work a rerun continues from).
+    pub resumable: Vec<PathBuf>,
+}
+
+/// What `gc` may delete besides unreferenced entries.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GcOptions {
+    /// Only report.
+    pub dry_run: bool,
+    /// Also delete the partial dirs of resumable stages (their checkpoints).
+    pub partials: bool,
 }
 
 impl GcReport {
@@ -26,8 +40,9 @@ impl GcReport {
     }
 }
 
-/// Collect garbage in `store`; with `dry_run`, only report.
-pub fn gc(store: &Store, dry_run: bool) -> Result<GcReport> {
+/// Collect garbage in `store`.
+pub fn gc(store: &Store, opts: GcOptions) -> Result<GcReport> {
+    let dry_run = opts.dry_run;
     let mut report = GcReport::default();
     let cache = store.cache_dir();
     if !cache.is_dir() {
@@ -59,10 +74,22 @@ pub fn gc(store: &Store, dry_run: bool) -> Result<GcReport> {
         };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(RESUMABLE_SUFFIX) {
+                continue; // markers go with their dirs
+            }
             // Trash names are `<entry>.<pid>.<nanos>`; the lock is the entry's.
             let entry = name.split('.').next().unwrap_or(&name).to_string();
+            let marker = dir.join(format!("{name}{RESUMABLE_SUFFIX}"));
+            if dir == store.partial_root() && marker.exists() && !opts.partials {
+                report.resumable.push(e.path());
+                continue;
+            }
             let lock_path = store.locks_dir().join(format!("{entry}.lock"));
+            let before = report.removed.len();
             remove_unless_locked(&e.path(), &lock_path, dry_run, || true, &mut report)?;
+            if !dry_run && report.removed.len() > before && marker.exists() {
+                io(std::fs::remove_file(&marker), "remove", &marker)?;
+            }
         }
     }
     Ok(report)
@@ -77,7 +104,7 @@ fn remove_unless_locked(
 ) -> Result<()> {
     // Held while we delete, so no run computes into it or links to it meanwhile (a dry
     // run only peeks, and creates no lock files).
-    let free = if dry_run && !lock_path.exists() {
+    let free = if dry_run && !lock_path.exists() && !lease_path(lock_path).exists() {
         true
     } else {
         let guard = KeyLock::try_exclusive(lock_path)?;
@@ -198,7 +225,14 @@ mod tests {
         std::fs::create_dir_all(&busy).unwrap();
         let _held = KeyLock::exclusive(&store.lock_path("train", &"5".repeat(64))).unwrap();
 
-        let r = gc(&store, true).unwrap();
+        let r = gc(
+            &store,
+            GcOptions {
+                dry_run: true,
+                partials: false,
+            },
+        )
+        .unwrap();
         let removed: Vec<&PathBuf> = r.removed.iter().map(|(p, _)| p).collect();
         assert_eq!(removed, [&store.entry_dir("train", &dead), &stale]);
         assert_eq!(r.bytes(), 1000);
@@ -208,7 +242,7 @@ mod tests {
             "dry run deletes nothing"
         );
 
-        let r = gc(&store, false).unwrap();
+        let r = gc(&store, GcOptions::default()).unwrap();
         assert_eq!(r.removed.len(), 2);
         assert!(!store.entry_dir("train", &dead).exists());
         assert!(!stale.exists());

@@ -9,9 +9,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::{Result, io};
+use crate::checksums::FileSum;
 
 pub const MANIFEST: &str = "manifest.json";
-const SCHEMA: u32 = 1;
+const SCHEMA: u32 = 2;
 
 /// One input file's digest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,11 +38,17 @@ pub struct Manifest {
     pub inputs: Vec<InputDigest>,
     /// Upstream need name → full key.
     pub upstream: BTreeMap<String, String>,
-    pub seed: u64,
+    /// The seed, for stages whose output depends on it.
+    pub seed: Option<u64>,
+    /// What of the device it ran on entered the key (null for stages off the device).
+    #[serde(default)]
+    pub device: serde_json::Value,
     pub started: String,
     pub finished: String,
     pub duration_s: f64,
     pub tool_version: String,
+    /// Every file of the entry (filled in by `Store::publish`).
+    pub artifacts: Vec<FileSum>,
 }
 
 impl Manifest {

@@ -1,10 +1,12 @@
 //! The `runs/` directory: content-addressed cache entries, locks, atomic publish,
-//! manifests, the stat cache, `runs/<name>/…` pointers, gc and sweep summaries.
+//! manifests, the stat cache, `runs/<name>/…` pointers and gc (the sweep summaries
+//! written there are `report::sweep_summary`: they read the experiment).
 //!
 //! Layout (docs/ARCHITECTURE.md "Cache, keys and locks"):
 //!
 //! ```text
-//! runs/cache/<kind>-<key16>/           complete entries (manifest.json written last)
+//! runs/cache/<kind>-<key16>/           complete entries (manifest.json written last,
+//!                                      listing every file with its size and blake3)
 //! runs/cache/.partial/<kind>-<key16>/  a stage's working dir until it succeeds
 //! runs/cache/.locks/<kind>-<key16>.lock  per-key advisory locks
 //! runs/cache/.trash/                   entries being replaced (deleted right after)
@@ -20,7 +22,7 @@ pub mod lock;
 pub mod manifest;
 pub mod pointers;
 pub mod statcache;
-pub mod summary;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 

@@ -73,7 +73,7 @@ pub(crate) fn resolve_link(link: &Path) -> Option<PathBuf> {
     } else {
         link.parent()?.join(target)
     };
-    Some(crate::experiment::normalize_path(&abs))
+    Some(crate::paths::normalize(&abs))
 }
 
 #[cfg(unix)]

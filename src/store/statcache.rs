@@ -1,6 +1,8 @@
-//! Digests of input files with a stat cache: a file whose path, size, mtime and inode
-//! are unchanged keeps its recorded blake3, so 15 GB of weights are hashed once (DVC's
-//! state db does the same). Directories digest their sorted file list.
+//! Digests of input files with a stat cache: a file whose path, size, mtime, ctime and
+//! inode are unchanged keeps its recorded blake3, so 15 GB of weights are hashed once
+//! (DVC's state db and git's index do the same). ctime matters: an in-place edit of the
+//! same size whose mtime was put back (`touch -r`, some editors, rsync -t) still moves the
+//! ctime, which no user call can set. Directories digest their sorted file list.
 
 use std::collections::BTreeMap;
 use std::fs::Metadata;
@@ -18,6 +20,10 @@ const RACY_NS: u128 = 2_000_000_000;
 struct Stat {
     size: u64,
     mtime_ns: u128,
+    /// Entries from before ctime was recorded have 0 here: they never match, so the file
+    /// is hashed once more.
+    #[serde(default)]
+    ctime_ns: u128,
     inode: u64,
     blake3: String,
 }
@@ -59,9 +65,9 @@ impl StatCache {
             return self.digest_dir(path);
         }
         let stat_key = path.to_string_lossy().into_owned();
-        let (size, mtime_ns, inode) = stat_of(&meta);
+        let (size, mtime_ns, ctime_ns, inode) = stat_of(&meta);
         if let Some(s) = self.entries.get(&stat_key)
-            && (s.size, s.mtime_ns, s.inode) == (size, mtime_ns, inode)
+            && (s.size, s.mtime_ns, s.ctime_ns, s.inode) == (size, mtime_ns, ctime_ns, inode)
         {
             return Ok(s.blake3.clone());
         }
@@ -78,6 +84,7 @@ impl StatCache {
                 Stat {
                     size,
                     mtime_ns,
+                    ctime_ns,
                     inode,
                     blake3: blake3.clone(),
                 },
@@ -123,17 +130,23 @@ impl StatCache {
     }
 }
 
-fn stat_of(meta: &Metadata) -> (u64, u128, u64) {
+/// (size, mtime ns, ctime ns, inode).
+fn stat_of(meta: &Metadata) -> (u64, u128, u128, u64) {
     let mtime = meta
         .modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
     #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(meta);
+    let (ctime, inode) = {
+        use std::os::unix::fs::MetadataExt;
+        let ctime = u128::try_from(meta.ctime()).unwrap_or(0) * 1_000_000_000
+            + u128::try_from(meta.ctime_nsec()).unwrap_or(0);
+        (ctime, meta.ino())
+    };
     #[cfg(not(unix))]
-    let inode = 0;
-    (meta.len(), mtime, inode)
+    let (ctime, inode) = (0, 0);
+    (meta.len(), mtime, ctime, inode)
 }
 
 fn hash_file(path: &Path) -> Result<String> {
@@ -185,6 +198,38 @@ mod tests {
         assert_eq!(c.hashed, 1);
         // Just modified: not trusted yet, so hashed again.
         c.digest(&f).unwrap();
+        assert_eq!(c.hashed, 2);
+    }
+
+    #[test]
+    fn a_same_size_edit_with_its_mtime_put_back_is_rehashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("data.jsonl");
+        std::fs::write(&f, b"row 1").unwrap();
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        let set_past = || {
+            std::fs::File::options()
+                .write(true)
+                .open(&f)
+                .unwrap()
+                .set_modified(past)
+                .unwrap()
+        };
+        set_past();
+        let mut c = StatCache::in_memory();
+        let d1 = c.digest(&f).unwrap();
+        assert_eq!(c.digest(&f).unwrap(), d1);
+        assert_eq!(c.hashed, 1);
+        // ctime ticks coarsely (a few ms): make sure the edit lands in a later tick.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::write(&f, b"row 2").unwrap();
+        set_past();
+        let meta = std::fs::metadata(&f).unwrap();
+        assert_eq!(meta.modified().unwrap(), past, "mtime restored");
+        assert_eq!(
+            c.digest(&f).unwrap(),
+            blake3::hash(b"row 2").to_hex().to_string()
+        );
         assert_eq!(c.hashed, 2);
     }
 

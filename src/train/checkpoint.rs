@@ -5,15 +5,20 @@
 //!   adapter_config.json, adapter_model.safetensors   PEFT adapter (crate::adapter)
 //!   train_state.safetensors   trainable params (`param.<path>`) and AdamW moments
 //!                             (`<path>.exp_avg`, `<path>.exp_avg_sq`), f32, by Burn path
-//!   trainer_state.json        TrainerState: step, data position, accumulators, log history
+//!   trainer_state.json        transformers' TrainerState schema (`hf_state`); the data
+//!                             position, accumulators and digest ride in its
+//!                             `stateful_callbacks`
+//!   checkpoint.json           size and blake3 of each file above (written last)
 //! ```
-//! A checkpoint is written into `checkpoint-N.tmp/` and renamed, so a directory named
-//! `checkpoint-N` is always complete. The RNG "state" is the run seed: the loop reseeds the
+//! A checkpoint is written into `checkpoint-N.tmp/`, fsynced and renamed, so a directory
+//! named `checkpoint-N` was complete when written; loading checks it against
+//! `checkpoint.json` too (a disk can still lose or damage it later), and a damaged newest
+//! checkpoint gives way to the previous good one ([`newest_good`]). The RNG "state" is the run seed: the loop reseeds the
 //! backend before every micro-batch from (seed, step, micro-batch), so dropout masks depend
 //! only on the position in training.
 
 use crate::adapter::{AdapterConfig, write_peft_state};
-use crate::train::safetensors_io;
+use crate::safetensors_io::{read_tensors, write_tensors};
 use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -22,6 +27,8 @@ use std::path::{Path, PathBuf};
 
 pub const TRAINER_STATE: &str = "trainer_state.json";
 pub const TRAIN_STATE: &str = "train_state.safetensors";
+/// Sizes and digests of a checkpoint's files.
+pub const CHECKSUMS: &str = "checkpoint.json";
 const PARAM_PREFIX: &str = "param.";
 
 /// Which eval metric picks the best checkpoint.
@@ -119,9 +126,14 @@ pub fn write(
         .map(|(p, d)| (format!("{PARAM_PREFIX}{p}"), d.clone()))
         .collect();
     tensors.extend(optimizer.iter().cloned());
-    safetensors_io::write(&tmp.join(TRAIN_STATE), &tensors, None)?;
-    let json = serde_json::to_string_pretty(state).map_err(std::io::Error::other)?;
+    write_tensors(&tmp.join(TRAIN_STATE), &tensors).map_err(std::io::Error::other)?;
+    let json = serde_json::to_string_pretty(&super::hf_state::to_hf_json(state, out_dir))
+        .map_err(std::io::Error::other)?;
     std::fs::write(tmp.join(TRAINER_STATE), json)?;
+    let sums = crate::checksums::seal(&tmp).map_err(std::io::Error::other)?;
+    let sums = serde_json::to_string_pretty(&sums).map_err(std::io::Error::other)?;
+    std::fs::write(tmp.join(CHECKSUMS), sums)?;
+    std::fs::File::open(tmp.join(CHECKSUMS))?.sync_all()?;
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir)?;
     }
@@ -138,12 +150,22 @@ pub struct Loaded {
     pub optimizer: BTreeMap<String, TensorData>,
 }
 
+/// Read a checkpoint, checking its files against `checkpoint.json` when it has one.
 pub fn read(dir: &Path) -> Result<Loaded, String> {
+    let sums = dir.join(CHECKSUMS);
+    if sums.is_file() {
+        let text =
+            std::fs::read_to_string(&sums).map_err(|e| format!("{}: {e}", sums.display()))?;
+        let sums: Vec<crate::checksums::FileSum> =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", sums.display()))?;
+        crate::checksums::check_digests(dir, &sums)?;
+    }
     let text = std::fs::read_to_string(dir.join(TRAINER_STATE))
         .map_err(|e| format!("{}: {e}", dir.join(TRAINER_STATE).display()))?;
     let state: TrainerState = serde_json::from_str(&text)
+        .and_then(|v: serde_json::Value| super::hf_state::from_hf_json(&v))
         .map_err(|e| format!("{}: {e}", dir.join(TRAINER_STATE).display()))?;
-    let tensors = safetensors_io::read(&dir.join(TRAIN_STATE)).map_err(|e| e.to_string())?;
+    let tensors = read_tensors(&dir.join(TRAIN_STATE)).map_err(|e| e.to_string())?;
     let mut params = BTreeMap::new();
     let mut optimizer = BTreeMap::new();
     for (k, v) in tensors {
@@ -157,6 +179,26 @@ pub fn read(dir: &Path) -> Result<Loaded, String> {
         params,
         optimizer,
     })
+}
+
+/// A checkpoint that loaded: its step, its directory and what it holds.
+pub type Good = (usize, PathBuf, Loaded);
+
+/// The newest checkpoint in `out_dir` that loads and passes its checks, and the newer ones
+/// that did not — each `(dir, why)`, newest first — which are removed, so the run
+/// continues from the good one and writes them again.
+pub fn newest_good(out_dir: &Path) -> (Option<Good>, Vec<(PathBuf, String)>) {
+    let mut skipped = Vec::new();
+    for (step, dir) in list(out_dir).into_iter().rev() {
+        match read(&dir) {
+            Ok(loaded) => return (Some((step, dir, loaded)), skipped),
+            Err(why) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                skipped.push((dir, why));
+            }
+        }
+    }
+    (None, skipped)
 }
 
 /// Complete checkpoints in `out_dir`, ascending by step.

@@ -7,7 +7,7 @@
 
 use crate::train::loss::Target;
 use burn::module::Module;
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use std::sync::Arc;
 
@@ -15,6 +15,27 @@ use std::sync::Arc;
 pub trait Classifier<B: Backend, S>: Module<B> {
     /// f32 logits `[batch.len(), num_labels]`.
     fn logits(&self, batch: &[&S], device: &B::Device) -> anyhow::Result<Tensor<B, 2>>;
+
+    /// Forward and backward of one batch: `loss_of` maps the logits to the scalar to
+    /// differentiate, the gradients go to `sink` (at once here; a model that trains in
+    /// segments hands them over in parts). `gradient_checkpointing` lets such a model keep
+    /// only segment inputs and recompute in backward.
+    fn backward_pass(
+        &self,
+        batch: &[&S],
+        device: &B::Device,
+        gradient_checkpointing: bool,
+        loss_of: &mut dyn FnMut(Tensor<B, 2>) -> Tensor<B, 1>,
+        sink: &mut dyn FnMut(B::Gradients),
+    ) -> anyhow::Result<()>
+    where
+        B: AutodiffBackend,
+    {
+        let _ = gradient_checkpointing;
+        let loss = loss_of(self.logits(batch, device)?);
+        sink(loss.backward());
+        Ok(())
+    }
 }
 
 /// The trainable weights in PEFT's adapter layout (key names as in

@@ -6,6 +6,15 @@
 //! group of an epoch holds the remainder and still makes an optimizer step.
 //! The shuffle is our own (ChaCha8 seeded with `data_seed + epoch`, like accelerate's
 //! `SeedableRandomSampler` reseeding per epoch); torch's permutation is not reproduced.
+//!
+//! Data parallel (N replicas, `per_device` each): the plan is over global micro-batches of
+//! `per_device × N` samples. accelerate gives rank r the epoch's batches r, r + N, … of
+//! `per_device` (`BatchSamplerShard`, one permutation for every rank), so global micro-batch k
+//! is the epoch order's samples `[k·N·per_device, (k+1)·N·per_device)`, rank r's being the
+//! r-th `per_device` of them; and a rank's dataloader has `ceil(ceil(n / per_device) / N)`
+//! batches, which equals `ceil(n / (per_device · N))`: the step counts here are the Trainer's.
+//! The epoch's last global micro-batch, when short, stays short (accelerate's `even_batches`
+//! would top the ranks up with the epoch's first samples): the result does not depend on N.
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -63,9 +72,53 @@ pub fn max_steps(explicit: i64, epochs: f64, steps_per_epoch: usize) -> usize {
     }
 }
 
+/// Sample order across epochs, from ms-swift's two flags: `train_dataloader_shuffle`
+/// reshuffles every epoch; without it, `dataset_shuffle` (the dataset shuffled once with
+/// `data_seed` before training) gives one fixed shuffled order; neither: file order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shuffle {
+    EachEpoch,
+    Once,
+    FileOrder,
+}
+
+impl Shuffle {
+    pub fn from_flags(dataset_shuffle: bool, train_dataloader_shuffle: bool) -> Self {
+        match (dataset_shuffle, train_dataloader_shuffle) {
+            (_, true) => Self::EachEpoch,
+            (true, false) => Self::Once,
+            (false, false) => Self::FileOrder,
+        }
+    }
+
+    /// The order of epoch `epoch` over `n` samples.
+    pub fn order(self, n: usize, data_seed: u64, epoch: usize) -> Vec<usize> {
+        match self {
+            Self::EachEpoch => epoch_order(n, data_seed, epoch),
+            Self::Once => epoch_order(n, data_seed, 0),
+            Self::FileOrder => (0..n).collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shuffle_flags_pick_the_order() {
+        let each = Shuffle::from_flags(false, true);
+        assert_eq!(each, Shuffle::EachEpoch);
+        assert_ne!(each.order(20, 42, 0), each.order(20, 42, 1));
+        let once = Shuffle::from_flags(true, false);
+        assert_eq!(once.order(20, 42, 0), once.order(20, 42, 3));
+        assert_ne!(once.order(20, 42, 0), (0..20).collect::<Vec<_>>());
+        assert_eq!(
+            Shuffle::from_flags(false, false).order(5, 42, 2),
+            [0, 1, 2, 3, 4]
+        );
+    }
 
     #[test]
     fn shuffle_is_deterministic_and_changes_per_epoch() {

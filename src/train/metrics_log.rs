@@ -56,9 +56,11 @@ pub fn num(x: f64) -> Value {
     serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
 }
 
-/// Appends lines to `logging.jsonl`, keeping every line (the log history) in memory.
+/// Appends lines to `logging.jsonl`, keeping every line (the log history) in memory, and
+/// their scalars to a TensorBoard event file in `runs/` beside it.
 pub struct MetricsLog {
     path: PathBuf,
+    events: super::tensorboard::EventWriter,
     pub history: Vec<Map<String, Value>>,
 }
 
@@ -72,8 +74,11 @@ impl MetricsLog {
             text.push('\n');
         }
         std::fs::write(path, text)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let events = super::tensorboard::EventWriter::create(dir, &history)?;
         Ok(Self {
             path: path.to_path_buf(),
+            events,
             history,
         })
     }
@@ -82,8 +87,20 @@ impl MetricsLog {
     pub fn append(&mut self, line: Map<String, Value>) -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new().append(true).open(&self.path)?;
         writeln!(f, "{}", Value::Object(line.clone()))?;
+        self.events.append(&line)?;
         self.history.push(line);
         Ok(())
+    }
+}
+
+/// Samples behind `train_samples_per_second`, as transformers counts them: with `max_steps`
+/// set, `max_steps × global batch × accumulation` (the global batch counts every replica);
+/// else `epochs × dataset size`.
+pub fn train_samples(spec: &crate::train::TrainSpec, max_steps: usize, n_train: usize) -> f64 {
+    if spec.max_steps > 0 {
+        (max_steps * spec.global_batch_size() * spec.grad_accum) as f64
+    } else {
+        spec.num_train_epochs * n_train as f64
     }
 }
 

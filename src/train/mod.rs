@@ -13,19 +13,21 @@
 
 pub mod checkpoint;
 pub mod classifier;
+pub mod console;
 pub mod data_order;
 pub mod evaluate;
+pub mod hf_state;
 pub mod loss;
 pub mod metrics_log;
 pub mod optimizer;
 pub mod outputs;
 pub mod params;
 pub mod replicas;
-pub mod safetensors_io;
 pub mod schedule;
 pub mod seq_cls;
 pub mod shards;
 pub mod spread;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use classifier::{Classifier, InMemorySet, PeftState, SampleSet};

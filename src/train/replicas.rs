@@ -22,10 +22,12 @@ use crate::task::ProblemType;
 use crate::train::TrainError;
 use crate::train::classifier::{Classifier, SampleSet};
 use crate::train::loss::{self, Target};
+use crate::train::optimizer::{AdamW, clip_grad_norm};
 use crate::train::params::{self, PathTensors};
 use crate::train::shards::{Shard, deal};
 use crate::train::spread::Spread;
 use burn::module::AutodiffModule;
+use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -51,15 +53,48 @@ pub struct StepWork<'a, S> {
     pub seed: u64,
     /// 0-based optimizer step (seeds the dropout streams).
     pub step: usize,
+    /// Recompute each segment in backward (`TrainSpec::gradient_checkpointing`).
+    pub gradient_checkpointing: bool,
+    /// Called after each backward segment's gradients are taken (the benchmark samples
+    /// device memory there); `None` in training.
+    pub after_segment: Option<&'a (dyn Fn() + Sync)>,
 }
 
-/// What an optimizer step's forward/backward passes report.
+/// Inference copies of a replicated model (`I`), each with its device (`D`).
+pub type EvalCopies<I, D> = Vec<(I, D)>;
+
+/// What one optimizer step reports.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StepStats {
+pub struct StepDone {
     /// The sum over the step's micro-batches of their mean loss / micro-batch count.
     pub loss: f64,
+    /// Global gradient norm before clipping (None when not clipping).
+    pub grad_norm: Option<f64>,
     /// (correct, seen) predictions (None for regression).
     pub correct: Option<(u64, u64)>,
+}
+
+/// One optimizer step as the training loop runs it (and `pipeline bench` times it): every
+/// replica's shards of `work`, their gradients gathered in slot order, global-norm clipping
+/// when `max_grad_norm > 0`, AdamW at `lr` on the first device, and the new trainable
+/// values copied to the other replicas.
+pub fn optimizer_step<B, M, S>(
+    replicas: &mut Replicas<B, M>,
+    model: M,
+    opt: &mut AdamW<B::InnerBackend>,
+    work: &StepWork<S>,
+    (max_grad_norm, lr): (f64, f64),
+) -> Result<(M, StepDone), TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Classifier<B, S>,
+    S: Sync,
+{
+    let (mut grads, mut done) = replicas.step(&model, work)?;
+    done.grad_norm = (max_grad_norm > 0.0).then(|| clip_grad_norm(&mut grads, max_grad_norm));
+    let model = opt.step::<B, M>(model, grads, lr);
+    replicas.broadcast(&model)?;
+    Ok((model, done))
 }
 
 /// A shard's report: its share of the step loss, host logits, label count.
@@ -124,7 +159,7 @@ where
     }
 
     /// Inference copies for an evaluation pass, with their devices, and how to spread it.
-    pub fn eval_copies(&self, model: &M) -> (Vec<(M::InnerModule, B::Device)>, Spread) {
+    pub fn eval_copies(&self, model: &M) -> (EvalCopies<M::InnerModule, B::Device>, Spread) {
         let models = std::iter::once(model).chain(&self.copies);
         let copies = models
             .zip(&self.devices)
@@ -139,7 +174,7 @@ where
         &mut self,
         model: &M,
         work: &StepWork<S>,
-    ) -> Result<(PathTensors<B::InnerBackend>, StepStats), TrainError>
+    ) -> Result<(PathTensors<B::InnerBackend>, StepDone), TrainError>
     where
         M: Classifier<B, S>,
         S: Sync,
@@ -167,18 +202,19 @@ where
                         }
                     }
                     let run = |(r, sh, m): (usize, Shard, M)| {
-                        let out = shard_pass::<B, M, S>(&m, &self.devices[r], work, k, &sh);
-                        (r, sh.slot, m, out)
+                        let mut grads = PathTensors::new();
+                        let out =
+                            shard_pass::<B, M, S>(&m, &self.devices[r], work, k, &sh, &mut grads);
+                        (r, sh.slot, out.map(|o| (o, grads)))
                     };
                     let done: Vec<_> = if concurrent {
                         jobs.into_par_iter().map(run).collect()
                     } else {
                         jobs.into_iter().map(run).collect()
                     };
-                    for (r, slot, m, out) in done {
+                    for (r, slot, out) in done {
                         let (report, grads) = out?;
-                        let acc = slots[r].entry(slot).or_default();
-                        params::accumulate_grads::<B, M>(&m, grads, acc);
+                        add_grads::<B>(slots[r].entry(slot).or_default(), grads);
                         reports[r].push((k, slot, report));
                     }
                 }
@@ -233,16 +269,24 @@ where
         let home = &self.devices[0];
         let mut total = PathTensors::new();
         for (_, _, grads) in all {
-            for (path, g) in grads {
-                let g = g.to_device(home);
-                let sum = match total.remove(&path) {
-                    Some(prev) => prev + g,
-                    None => g,
-                };
-                total.insert(path, sum);
-            }
+            let grads = grads.into_iter().map(|(p, g)| (p, g.to_device(home)));
+            add_grads::<B>(&mut total, grads.collect());
         }
         total
+    }
+}
+
+/// `acc += part`, path by path.
+fn add_grads<B: AutodiffBackend>(
+    acc: &mut PathTensors<B::InnerBackend>,
+    part: PathTensors<B::InnerBackend>,
+) {
+    for (path, g) in part {
+        let sum = match acc.remove(&path) {
+            Some(prev) => prev + g,
+            None => g,
+        };
+        acc.insert(path, sum);
     }
 }
 
@@ -264,8 +308,9 @@ where
     for (k, deal) in deals.iter().enumerate() {
         for sh in &deal[r] {
             let leaves = M::from_inner(model.valid());
-            let (report, grads) = shard_pass::<B, M, S>(&leaves, device, work, k, sh)?;
-            params::accumulate_grads::<B, M>(&leaves, grads, slots.entry(sh.slot).or_default());
+            let mut grads = PathTensors::new();
+            let report = shard_pass::<B, M, S>(&leaves, device, work, k, sh, &mut grads)?;
+            add_grads::<B>(slots.entry(sh.slot).or_default(), grads);
             reports.push((k, sh.slot, report));
         }
     }
@@ -273,17 +318,19 @@ where
 }
 
 /// Forward and backward of one shard of micro-batch `k`, its loss scaled by its share of
-/// the step (`n_shard / (n_micro · micro_len)`).
+/// the step (`n_shard / (n_micro · micro_len)`); its gradients go to `grads` (the model may
+/// hand them over in parts: `Classifier::backward_pass`).
 fn shard_pass<B, M, S>(
     model: &M,
     device: &B::Device,
     work: &StepWork<S>,
     k: usize,
     shard: &Shard,
-) -> Result<(ShardOut, B::Gradients), TrainError>
+    grads: &mut PathTensors<B::InnerBackend>,
+) -> Result<ShardOut, TrainError>
 where
     B: AutodiffBackend,
-    M: Classifier<B, S>,
+    M: AutodiffModule<B> + Classifier<B, S>,
 {
     let micro = &work.micro[k];
     let idx = &micro[shard.samples.clone()];
@@ -291,39 +338,57 @@ where
     let refs: Vec<&S> = samples.iter().map(|s| s.as_ref()).collect();
     let targets: Vec<&Target> = idx.iter().map(|&i| work.set.target(i)).collect();
     let stream = shard_stream(work.seed, work.step, k, shard.slot);
-    let logits =
-        with_dropout_stream(stream, || model.logits(&refs, device)).map_err(TrainError::Model)?;
     let div = (work.micro.len() * micro.len()) as f64 / idx.len() as f64;
-    shard_backward::<B>(logits, &targets, work.problem, div)
+    let mut out: Option<Result<ShardOut, TrainError>> = None;
+    let mut loss_of = |logits: Tensor<B, 2>| {
+        let (report, scaled) = shard_loss::<B>(logits, &targets, work.problem, div);
+        out = Some(report);
+        scaled
+    };
+    let mut sink = |g| {
+        params::accumulate_grads::<B, M>(model, g, grads);
+        if let Some(after) = work.after_segment {
+            after();
+        }
+    };
+    with_dropout_stream(stream, || {
+        model.backward_pass(
+            &refs,
+            device,
+            work.gradient_checkpointing,
+            &mut loss_of,
+            &mut sink,
+        )
+    })
+    .map_err(TrainError::Model)?;
+    out.unwrap_or_else(|| {
+        Err(TrainError::Data(anyhow::anyhow!(
+            "the model's backward pass computed no loss"
+        )))
+    })
 }
 
-/// Loss of `logits` divided by `div`, its value and host logits, and its gradients.
-fn shard_backward<B: AutodiffBackend>(
-    logits: burn::tensor::Tensor<B, 2>,
+/// Loss of `logits` divided by `div` (to differentiate), and the report: its value and
+/// the host logits.
+fn shard_loss<B: AutodiffBackend>(
+    logits: Tensor<B, 2>,
     targets: &[&Target],
     problem: ProblemType,
     div: f64,
-) -> Result<(ShardOut, B::Gradients), TrainError> {
+) -> (Result<ShardOut, TrainError>, Tensor<B, 1>) {
     let labels = logits.dims()[1];
-    let host = logits
-        .clone()
-        .inner()
-        .into_data()
-        .to_vec::<f32>()
-        .map_err(data_err)?;
+    let host = logits.clone().inner().into_data().to_vec::<f32>();
     let scaled = loss::loss(logits, targets, problem).div_scalar(div);
-    let value = scaled
-        .clone()
-        .inner()
-        .into_data()
-        .to_vec::<f32>()
-        .map_err(data_err)?[0];
-    let out = ShardOut {
-        loss: value as f64,
-        logits: host,
-        labels,
+    let value = scaled.clone().inner().into_data().to_vec::<f32>();
+    let report = match (host, value) {
+        (Ok(logits), Ok(v)) => Ok(ShardOut {
+            loss: v[0] as f64,
+            logits,
+            labels,
+        }),
+        (Err(e), _) | (_, Err(e)) => Err(data_err(e)),
     };
-    Ok((out, scaled.backward()))
+    (report, scaled)
 }
 
 fn data_err(e: burn::tensor::DataError) -> TrainError {
@@ -331,11 +396,12 @@ fn data_err(e: burn::tensor::DataError) -> TrainError {
 }
 
 /// Step loss and accuracy from every shard's report, summed in (micro-batch, slot) order.
-fn stats<S>(work: &StepWork<S>, reports: Vec<Reports>) -> Result<StepStats, TrainError> {
+fn stats<S>(work: &StepWork<S>, reports: Vec<Reports>) -> Result<StepDone, TrainError> {
     let mut all: Vec<(usize, usize, ShardOut)> = reports.into_iter().flatten().collect();
     all.sort_by_key(|(k, j, _)| (*k, *j));
-    let mut stats = StepStats {
+    let mut stats = StepDone {
         loss: 0.0,
+        grad_norm: None,
         correct: None,
     };
     let mut it = all.into_iter().peekable();

@@ -12,7 +12,7 @@ use crate::model::processor::pixel_rows;
 use crate::task::ProblemType;
 use crate::train::classifier::{Classifier, PeftState, SampleSet};
 use crate::train::loss::Target;
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -41,6 +41,22 @@ impl<B: Backend> Classifier<B, SampleInputs> for SeqClassifier<B> {
             device,
         );
         Ok(self.forward(&inputs)?.cast(DType::F32))
+    }
+
+    fn backward_pass(
+        &self,
+        batch: &[&SampleInputs],
+        device: &B::Device,
+        gradient_checkpointing: bool,
+        loss_of: &mut dyn FnMut(Tensor<B, 2>) -> Tensor<B, 1>,
+        sink: &mut dyn FnMut(B::Gradients),
+    ) -> anyhow::Result<()>
+    where
+        B: AutodiffBackend,
+    {
+        let pad = pad_token_id(self.config());
+        let inputs = collate::<B::InnerBackend>(batch, pad, PaddingSide::Right, device);
+        Ok(self.train_pass(&inputs, gradient_checkpointing, loss_of, sink)?)
     }
 }
 

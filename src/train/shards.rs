@@ -27,7 +27,7 @@ pub fn shard_len(global: usize, shards: usize) -> usize {
 /// Whether the shards of `len` samples line up with every replica's boundary, i.e. the
 /// cut is the one a single device would make.
 pub fn aligned(len: usize, per_device: usize) -> bool {
-    per_device % len == 0
+    per_device.is_multiple_of(len)
 }
 
 /// The shards of each replica for a global micro-batch of `n` samples (`n ≤ per_device ×

@@ -14,17 +14,19 @@ use crate::task::ProblemType;
 use crate::train::TrainError;
 use crate::train::checkpoint::{self, BestMetric, TrainerState};
 use crate::train::classifier::{Classifier, PeftState, SampleSet};
+use crate::train::console;
 use crate::train::data_order::{self, EpochPlan};
 use crate::train::evaluate::{EvalResult, evaluate_on};
-use crate::train::metrics_log::{MetricsLog, Progress, finish_line, num};
-use crate::train::optimizer::{AdamW, AdamWConfig, clip_grad_norm};
+use crate::train::metrics_log::{self, MetricsLog, Progress, finish_line, num};
+use crate::train::optimizer::{AdamW, AdamWConfig};
 use crate::train::params;
-use crate::train::replicas::{Replicas, StepWork};
+use crate::train::replicas::{Replicas, StepWork, optimizer_step};
 use crate::train::schedule::{LrSchedule, ScheduleKind, warmup_steps};
 use crate::train::shards::shard_len;
 use crate::train::spread::Spread;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, TensorData};
 use serde_json::{Map, Value};
 use std::path::Path;
 use std::time::Instant;
@@ -54,6 +56,8 @@ pub struct TrainSpec {
     pub logging_steps: usize,
     pub best_metric: BestMetric,
     pub data_seed: u64,
+    /// Which sample order each epoch uses (ms-swift's shuffle flags).
+    pub shuffle: data_order::Shuffle,
     /// Seed of the backend RNG (LoRA dropout masks).
     pub seed: u64,
     /// Shards per global micro-batch (`train_batch_size × replicas` samples): each is its own
@@ -64,6 +68,11 @@ pub struct TrainSpec {
     /// Data-parallel replicas (ms-swift's `NPROC_PER_NODE`), each taking
     /// `train_batch_size` samples of every micro-batch.
     pub replicas: usize,
+    /// ms-swift's `gradient_checkpointing`: keep only segment inputs in the forward and
+    /// recompute each segment in backward (the model decides what a segment is). Changes
+    /// memory and time, not the numbers, so it is not part of the resume digest.
+    #[serde(skip)]
+    pub gradient_checkpointing: bool,
 }
 
 impl TrainSpec {
@@ -83,6 +92,21 @@ pub struct RunOptions<'a> {
     pub stop_after_steps: Option<usize>,
     /// `model_parameter_info` for the summary line.
     pub model_info: String,
+    /// The dtype adapter files store `score.weight` in: the model's torch_dtype, as ms-swift
+    /// saves its modules_to_save copy (bf16 under bfloat16); LoRA factors stay f32.
+    pub head_dtype: DType,
+}
+
+impl RunOptions<'_> {
+    /// `tensors` (a `PeftState`) as adapter files store them: the head in `head_dtype`.
+    pub fn stored(&self, mut tensors: Vec<(String, TensorData)>) -> Vec<(String, TensorData)> {
+        for (k, t) in &mut tensors {
+            if *k == crate::adapter::keys::score_key() && t.dtype != self.head_dtype {
+                *t = t.clone().convert_dtype(self.head_dtype);
+            }
+        }
+        tensors
+    }
 }
 
 /// What a finished run reports.
@@ -188,9 +212,16 @@ where
     let mut model = model;
     let mut opt = AdamW::<B::InnerBackend>::new(spec.adamw);
     let mut resumed_from = None;
-    let mut st = match checkpoint::list(out).pop() {
-        Some((step, dir)) => {
-            let loaded = checkpoint::read(&dir).map_err(TrainError::Checkpoint)?;
+    let (newest, damaged) = checkpoint::newest_good(out);
+    for (dir, why) in &damaged {
+        let tag = console::tag(&run.progress);
+        console::say(
+            &run.progress,
+            &format!("{tag}skipped damaged {}: {why}", dir.display()),
+        );
+    }
+    let mut st = match newest {
+        Some((step, dir, loaded)) => {
             if loaded.state.config_digest != digest {
                 return Err(TrainError::Checkpoint(format!(
                     "{} was written with other settings or data; remove it to start over",
@@ -242,7 +273,9 @@ where
     let mut replicas = Replicas::<B, M>::new(&model, devices.to_vec(), spread);
 
     'training: while st.global_step < max_steps {
-        let order = data_order::epoch_order(train.len(), spec.data_seed, st.data_epoch);
+        let order = spec
+            .shuffle
+            .order(train.len(), spec.data_seed, st.data_epoch);
         for g in st.data_group..plan.groups.len() {
             let micro: Vec<Vec<usize>> = plan.groups[g]
                 .clone()
@@ -256,18 +289,23 @@ where
                 problem: spec.problem,
                 seed: spec.seed,
                 step: st.global_step,
+                gradient_checkpointing: spec.gradient_checkpointing,
+                after_segment: None,
             };
-            let (mut grads, done) = replicas.step(&model, &work)?;
-            let step_loss = done.loss;
+            let lr = schedule.lr(st.global_step);
+            let (m, done) = optimizer_step(
+                &mut replicas,
+                model,
+                &mut opt,
+                &work,
+                (spec.max_grad_norm, lr),
+            )?;
+            model = m;
+            let (step_loss, grad_norm) = (done.loss, done.grad_norm);
             if let Some((correct, seen)) = done.correct {
                 st.acc_correct += correct;
                 st.acc_seen += seen;
             }
-            let grad_norm =
-                (spec.max_grad_norm > 0.0).then(|| clip_grad_norm(&mut grads, spec.max_grad_norm));
-            let lr = schedule.lr(st.global_step);
-            model = opt.step::<B, M>(model, grads, lr);
-            replicas.broadcast(&model)?;
             st.global_step += 1;
             st.epoch = plan.epoch_after(st.data_epoch, g);
             st.data_group = g + 1;
@@ -286,22 +324,30 @@ where
                 if let Some(gn) = grad_norm {
                     line.insert("grad_norm".into(), num(gn));
                 }
-                line.insert("learning_rate".into(), num(lr));
+                // The rate after this step's scheduler update, as transformers logs it
+                // (`_get_learning_rate()` runs after `lr_scheduler.step()`).
+                line.insert("learning_rate".into(), num(schedule.lr(st.global_step)));
                 if st.acc_seen > 0 {
                     line.insert(
                         "acc".into(),
                         num(st.acc_correct as f64 / st.acc_seen as f64),
                     );
                 }
-                let line = finish_line(line, st.epoch, &progress(&st));
-                pb.set_message(format!(
-                    "loss {:.4}  acc {}  lr {:.2e}",
-                    st.tr_loss / steps,
-                    line.get("acc")
-                        .and_then(Value::as_f64)
-                        .map_or("-".into(), |a| format!("{a:.3}")),
-                    lr
-                ));
+                let p = progress(&st);
+                let line = finish_line(line, st.epoch, &p);
+                console::log_step(
+                    pb,
+                    &console::StepReport {
+                        step: st.global_step,
+                        max_steps,
+                        loss: st.tr_loss / steps,
+                        acc: line.get("acc").and_then(Value::as_f64),
+                        lr,
+                        steps_this_run: p.steps_this_run,
+                        elapsed_s: p.elapsed_s,
+                        samples_per_step: spec.global_batch_size() * spec.grad_accum,
+                    },
+                );
                 log.append(line)?;
                 st.tr_loss = 0.0;
                 st.acc_correct = 0;
@@ -322,14 +368,18 @@ where
                 )
                 .map_err(TrainError::Data)?;
                 log.append(eval_line(&r, st.epoch, &progress(&st)))?;
-                pb.println(format!(
-                    "step {}/{}: eval_loss {:.4}{}",
-                    st.global_step,
-                    max_steps,
-                    r.loss,
-                    r.acc
-                        .map_or(String::new(), |a| format!("  eval_acc {a:.4}"))
-                ));
+                console::say(
+                    pb,
+                    &format!(
+                        "{}step {}/{}: eval_loss {:.4}{}",
+                        console::tag(pb),
+                        st.global_step,
+                        max_steps,
+                        r.loss,
+                        r.acc
+                            .map_or(String::new(), |a| format!("  eval_acc {a:.4}"))
+                    ),
+                );
                 last_eval = Some(r);
             }
 
@@ -351,7 +401,7 @@ where
                 checkpoint::write(
                     out,
                     &st,
-                    (&run.adapter_config, &model.peft_tensors()),
+                    (&run.adapter_config, &run.stored(model.peft_tensors())),
                     &params::trainable_values::<B, M>(&model),
                     &opt.state_tensors(),
                 )?;
@@ -390,7 +440,7 @@ where
         });
     }
     let runtime = st.runtime_before_s + started.elapsed().as_secs_f64();
-    let samples = spec.num_train_epochs * train.len() as f64;
+    let samples = metrics_log::train_samples(spec, max_steps, train.len());
     let mut end = Map::new();
     end.insert(
         "train_runtime".into(),

@@ -20,6 +20,7 @@ fn common(num_labels: usize) -> Common {
         model: ModelSpec {
             preset: Some("tiny".into()),
             path: None,
+            model: None,
             torch_dtype: "float32".into(),
             device: "cpu".into(),
         },
@@ -223,6 +224,9 @@ fn small_dataset_end_to_end() {
         1
     );
     let mut p = params(Some(&train), None);
+    // ms-swift 4's default drops over-long rows; `raise` lists them.
+    assert_eq!(p.truncation_strategy, "delete");
+    p.truncation_strategy = "raise".into();
     p.max_pixels = 12544;
     p.max_length = longest - 1;
     let e = run(
@@ -238,7 +242,11 @@ fn small_dataset_end_to_end() {
         "{msg}"
     );
     p.truncation_strategy = "delete".into();
-    run(&DatasetStage::new(p, &common(3)).unwrap(), &d.join("o3")).unwrap();
+    run(
+        &DatasetStage::new(p.clone(), &common(3)).unwrap(),
+        &d.join("o3"),
+    )
+    .unwrap();
     let kept = load_split(&d.join("o3"), "train").unwrap().unwrap();
     let want: Vec<usize> = (0..3).filter(|&i| i != long_row).collect();
     assert_eq!(kept.iter().map(|r| r.index).collect::<Vec<_>>(), want);
@@ -251,6 +259,34 @@ fn small_dataset_end_to_end() {
         ),
         (1, &vec![long_row])
     );
+    // `left` / `right` cut text tokens from that end and keep every image pad.
+    let full = &train_recs[long_row].input_ids;
+    let pad = 151655;
+    for (strategy, o) in [("left", "o4"), ("right", "o5")] {
+        p.truncation_strategy = strategy.into();
+        run(
+            &DatasetStage::new(p.clone(), &common(3)).unwrap(),
+            &d.join(o),
+        )
+        .unwrap();
+        let recs = load_split(&d.join(o), "train").unwrap().unwrap();
+        assert_eq!(recs.len(), 3, "{strategy} keeps every row");
+        let cut = &recs[long_row].input_ids;
+        assert_eq!(cut.len(), longest - 1, "{strategy}");
+        assert_eq!(
+            cut.iter().filter(|&&t| t == pad).count(),
+            full.iter().filter(|&&t| t == pad).count(),
+            "{strategy} keeps the image pads"
+        );
+        let dropped = if strategy == "left" {
+            full.iter().position(|&t| t != pad).unwrap()
+        } else {
+            full.iter().rposition(|&t| t != pad).unwrap()
+        };
+        let mut want = full.clone();
+        want.remove(dropped);
+        assert_eq!(cut, &want, "{strategy}");
+    }
 }
 
 /// Run a one-row dataset through the stage and return its error message.
@@ -305,7 +341,7 @@ fn bad_inputs_give_one_line_errors() {
     );
     let msg = error_of(&ok.replace("\"label\":1", "\"label\":\"cat\""), 3);
     assert!(
-        msg.contains("label \"cat\" does not fit problem_type single_label_classification"),
+        msg.contains("label \"cat\" is not a class index (an integer in 0..3)"),
         "{msg}"
     );
     let msg = error_of(&ok.replace(",\"label\":1", ""), 3);
@@ -329,8 +365,10 @@ fn bad_parameters_fail_before_reading() {
     let e = |p: DatasetParams| DatasetStage::new(p, &common(3)).err().unwrap().to_string();
     assert!(e(params(None, None)).contains("needs `dataset`, `val_dataset`, or both"));
     let mut p = params(Some(missing), None);
-    p.truncation_strategy = "left".into();
-    assert!(e(p).contains("truncation_strategy \"left\" is not one of error, delete"));
+    p.truncation_strategy = "split".into();
+    assert!(
+        e(p).contains("truncation_strategy \"split\" is not one of delete, left, right, raise")
+    );
     let mut p = params(Some(missing), None);
     (p.min_pixels, p.max_pixels) = (12544, 3136);
     assert!(e(p).contains("max_pixels (3136) must be >= min_pixels (12544)"));

@@ -8,7 +8,7 @@ use crate::score_support;
 use std::path::Path;
 
 use assert_cmd::Command;
-use pipeline::adapter::safetensors_io::read_tensors;
+use pipeline::safetensors_io::read_tensors;
 use score_support::*;
 
 fn run(dir: &Path, file: &str) {

@@ -15,13 +15,13 @@ use std::path::Path;
 use burn::tensor::{DType, TensorData};
 use pipeline::adapter::apply::{apply_adapter, model_shapes};
 use pipeline::adapter::keys::KeyLayout;
-use pipeline::adapter::safetensors_io::read_tensors;
 use pipeline::adapter::{
     AdapterConfig, LoraPair, PeftAdapter, read_peft_adapter, write_peft_adapter,
 };
 use pipeline::export::hf_config::HeadSpec;
 use pipeline::export::merged::{copy_processor_files, write_merged};
 use pipeline::model::{SeqClassifier, WeightsSource, load_classifier_from};
+use pipeline::safetensors_io::read_tensors;
 use rand::{Rng, SeedableRng};
 use score_support::*;
 

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::DType;
 use pipeline::adapter::apply::{apply_adapter, config_for, extract_adapter};
-use pipeline::adapter::safetensors_io::read_tensors;
 use pipeline::adapter::{read_peft_adapter, write_peft_adapter};
 use pipeline::experiment::schema::ExportParams;
 use pipeline::model::lora::{LoraSpec, TargetSelector};
 use pipeline::model::{WeightsSource, load_classifier_from};
+use pipeline::safetensors_io::read_tensors;
 use pipeline::stages::export::ExportStage;
 use score_support::*;
 

@@ -6,10 +6,10 @@ use crate::model_support as support;
 
 use burn::backend::Autodiff;
 use burn::tensor::{DType, Tensor, TensorData};
-use pipeline::model::inputs::{ModelInputs, PaddingSide, SampleInputs, collate};
+use pipeline::model::inputs::{PaddingSide, SampleInputs, collate};
 use pipeline::model::lora::{LoraLinear, LoraSpec, TargetSelector};
 use pipeline::model::{SeqClassifier, WeightsSource, load_classifier_from};
-use support::{B, Fixture, assert_close, golden_dir, to_vec};
+use support::{B, Fixture, assert_close, golden_dir, golden_inputs, to_vec};
 
 fn spec(r: usize, alpha: f64, targets: TargetSelector) -> LoraSpec {
     LoraSpec {
@@ -34,29 +34,6 @@ fn tiny_a() -> SeqClassifier<B> {
         &Default::default(),
     )
     .unwrap()
-}
-
-fn inputs(side: &str) -> ModelInputs<B> {
-    let inp = Fixture::open("inputs.safetensors");
-    let s = inp.shape("pixel_codes");
-    let px: Vec<f32> = inp
-        .values("pixel_codes")
-        .into_iter()
-        .map(|c| ((c - 128.0) / 64.0) as f32)
-        .collect();
-    ModelInputs {
-        input_ids: inp.int2(&format!("input_ids_{side}")),
-        attention_mask: inp.int2(&format!("attention_mask_{side}")),
-        pixel_values: Some(Tensor::from_data(
-            TensorData::new(px, [s[0], s[1]]),
-            (&Default::default(), DType::F32),
-        )),
-        image_grid_thw: inp
-            .ints("grids")
-            .chunks(3)
-            .map(|g| [g[0] as usize, g[1] as usize, g[2] as usize])
-            .collect(),
-    }
 }
 
 /// The PEFT fixture's adapters loaded onto tiny_a.
@@ -91,7 +68,7 @@ fn lora_logits_match_peft() {
     let model = with_peft_adapter();
     let fx = Fixture::open("lora_a.safetensors");
     for side in ["left", "right"] {
-        let got = to_vec(model.forward(&inputs(side)).unwrap());
+        let got = to_vec(model.forward(&golden_inputs(side)).unwrap());
         assert_close(
             &format!("{side} PEFT logits"),
             &got,
@@ -150,7 +127,7 @@ fn merged_state_reloads_with_same_logits() {
     )
     .unwrap();
     let fx = Fixture::open("lora_a.safetensors");
-    let got = to_vec(merged.forward(&inputs("left")).unwrap());
+    let got = to_vec(merged.forward(&golden_inputs("left")).unwrap());
     assert_close(
         "merged logits vs PEFT",
         &got,

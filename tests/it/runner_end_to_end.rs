@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use common::{EXPERIMENT, factory, project, runs_of};
 use indicatif::{MultiProgress, ProgressDrawTarget};
 use pipeline::experiment::{Variant, load};
+use pipeline::graph::devices::no_gpus;
 use pipeline::graph::{Plan, RunOptions, RunReport, execute, explain};
-use pipeline::store::summary::sweep_summary;
+use pipeline::report::sweep_summary::sweep_summary;
 use pipeline::store::{KeyLock, Lookup, Store};
 
 fn quiet() -> MultiProgress {
@@ -25,7 +26,7 @@ fn plan_text(dir: &Path) -> String {
     let variants: Vec<&Variant> = loaded.variants.iter().collect();
     let store = Store::new(dir.join("runs"));
     let f = factory(dir.join("log"), "", Duration::ZERO);
-    let plan = Plan::build(loaded.name(), &variants, &[], &store, &f).unwrap();
+    let plan = Plan::build(loaded.name(), &variants, &[], no_gpus, &store, &f).unwrap();
     explain::render(&plan, &explain::explain(&plan, &store))
 }
 
@@ -34,7 +35,15 @@ fn run(dir: &Path, slow: &str, sleep: Duration) -> RunReport {
     let variants: Vec<&Variant> = loaded.variants.iter().collect();
     let store = Store::new(dir.join("runs"));
     let f = factory(dir.join("log"), slow, sleep);
-    let plan = Plan::build(loaded.name(), &variants, &loaded.base.devices, &store, &f).unwrap();
+    let plan = Plan::build(
+        loaded.name(),
+        &variants,
+        &loaded.base.devices,
+        no_gpus,
+        &store,
+        &f,
+    )
+    .unwrap();
     execute(&plan, &store, &RunOptions::default(), &quiet()).unwrap()
 }
 
@@ -242,7 +251,7 @@ fn a_killed_stage_leaves_no_entry_and_no_lock() {
         let loaded = load(&p.path().join("exp.toml")).unwrap();
         let variants: Vec<&Variant> = loaded.variants.iter().collect();
         let f = factory(p.path().join("log"), "", Duration::ZERO);
-        let plan = Plan::build(loaded.name(), &variants, &[], &store, &f).unwrap();
+        let plan = Plan::build(loaded.name(), &variants, &[], no_gpus, &store, &f).unwrap();
         plan.graph
             .node_weights()
             .find(|n| n.kind == "dataset")

@@ -102,7 +102,10 @@ fn score_only_merged_checkpoint_reproduces_transformers_logprobs() {
     assert!(worst < LOGIT_TOL, "max |Δ log p| = {worst:e}");
     assert_eq!(
         scores[5]["images"],
-        serde_json::json!(["images/alpha90x60.png", "images/square56.png"])
+        serde_json::json!([
+            {"bytes": null, "path": "images/alpha90x60.png"},
+            {"bytes": null, "path": "images/square56.png"}
+        ])
     );
 
     // metrics.json agrees with the scores it summarises.

@@ -8,7 +8,7 @@ use crate::common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::pipeline;
+use common::Out;
 use serde_json::Value;
 
 const EXPERIMENT: &str = r#"name = "st"
@@ -50,85 +50,23 @@ needs = ["data", "train"]
 "#;
 
 /// Variant names in sweep order (first key outermost).
-const VARIANTS: [&str; 4] = ["r4-lr1e-3", "r4-lr2e-3", "r8-lr1e-3", "r8-lr2e-3"];
+pub(crate) const VARIANTS: [&str; 4] = ["r4-lr1e-3", "r4-lr2e-3", "r8-lr1e-3", "r8-lr2e-3"];
 const INTERRUPT_ENV: &str = "PIPELINE_TRAIN_INTERRUPT_AFTER_STEPS";
 
 /// A temp project: `exp.toml` and the first rows of shapes11 with absolute image paths.
-fn project() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let shapes = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/shapes11");
-    std::fs::create_dir_all(dir.path().join("data")).unwrap();
-    for (split, rows) in [("train", 16), ("test", 8)] {
-        let text = std::fs::read_to_string(shapes.join(format!("{split}.jsonl"))).unwrap();
-        let mut out = String::new();
-        for line in text.lines().take(rows) {
-            let mut row: Value = serde_json::from_str(line).unwrap();
-            for img in row["images"].as_array_mut().unwrap() {
-                *img = shapes
-                    .join(img.as_str().unwrap())
-                    .display()
-                    .to_string()
-                    .into();
-            }
-            out.push_str(&format!("{row}\n"));
-        }
-        std::fs::write(dir.path().join(format!("data/{split}.jsonl")), out).unwrap();
-    }
-    std::fs::write(dir.path().join("exp.toml"), EXPERIMENT).unwrap();
-    dir
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// (computed, cached) from the closing `N computed, M cached in T` line.
-    fn counts(&self) -> (usize, usize) {
-        let line = self
-            .stderr
-            .lines()
-            .rev()
-            .find(|l| l.contains(" computed, "))
-            .unwrap_or_else(|| panic!("no summary line in:\n{}", self.stderr));
-        let n: Vec<usize> = line
-            .split_whitespace()
-            .filter_map(|w| w.trim_end_matches(',').parse().ok())
-            .collect();
-        (n[0], n[1])
-    }
+pub(crate) fn project() -> tempfile::TempDir {
+    common::shapes11_project(EXPERIMENT, 16, 8)
 }
 
 /// `pipeline --runs-dir RUNS args…` in `dir`; panics with the whole output unless the
 /// exit code is `want`.
-fn run(dir: &Path, runs: &str, args: &[&str], env: &[(&str, &str)], want: i32) -> Run {
-    let mut cmd = pipeline(dir);
-    cmd.args(["--runs-dir", runs]).args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    let r = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert_eq!(
-        r.code,
-        want,
-        "pipeline --runs-dir {runs} {}\nin {}\n--- stdout\n{}\n--- stderr\n{}",
-        args.join(" "),
-        dir.display(),
-        r.stdout,
-        r.stderr
-    );
-    r
+pub(crate) fn run(dir: &Path, runs: &str, args: &[&str], env: &[(&str, &str)], want: i32) -> Out {
+    let args = [&["--runs-dir", runs][..], args].concat();
+    common::pipeline_out(dir, &args, env, want)
 }
 
 /// Complete cache entries of `kind` (a manifest that names the kind).
-fn entries(runs: &Path, kind: &str) -> Vec<PathBuf> {
+pub(crate) fn entries(runs: &Path, kind: &str) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(runs.join("cache"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -150,7 +88,7 @@ fn entries(runs: &Path, kind: &str) -> Vec<PathBuf> {
 }
 
 /// `sweep.csv` as (header, rows of cells).
-fn csv(runs: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+pub(crate) fn csv(runs: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     let text = std::fs::read_to_string(runs.join("st/sweep.csv")).unwrap();
     let mut lines = text
         .lines()
@@ -158,7 +96,7 @@ fn csv(runs: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     (lines.next().unwrap(), lines.collect())
 }
 
-fn adapter(runs: &Path, variant: &str) -> Vec<u8> {
+pub(crate) fn adapter(runs: &Path, variant: &str) -> Vec<u8> {
     std::fs::read(runs.join(format!(
         "st/{variant}/train/adapter/adapter_model.safetensors"
     )))
@@ -315,11 +253,14 @@ fn an_interrupted_sweep_finishes_only_what_is_missing_and_matches_an_uninterrupt
         1,
         "only variant 0's training is complete"
     );
+    // The partial dir, and beside it the marker that tells `gc` it is resumable.
     let partial: Vec<PathBuf> = std::fs::read_dir(cut.join("cache/.partial"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
         .collect();
     assert_eq!(partial.len(), 1, "{partial:?}");
+    assert!(partial[0].with_extension("resumable").is_file());
     assert!(partial[0].join("checkpoint-1").is_dir());
     assert!(!partial[0].join("checkpoint-2").exists());
 

@@ -143,9 +143,11 @@ pub(crate) fn spec() -> TrainSpec {
         logging_steps: 3,
         best_metric: BestMetric::Loss,
         data_seed: 42,
+        shuffle: pipeline::train::data_order::Shuffle::EachEpoch,
         seed: 42,
         shards: 1,
         replicas: 1,
+        gradient_checkpointing: true,
     }
 }
 
@@ -158,6 +160,7 @@ pub(crate) fn adapter_config() -> AdapterConfig {
         target_modules: TargetModules::List(vec!["model.proj".into()]),
         modules_to_save: vec!["score".into()],
         base_model_name_or_path: String::new(),
+        args_json: None,
     }
 }
 
@@ -207,6 +210,7 @@ pub(crate) fn run_probe_with<Bk: AutodiffBackend>(
         progress: indicatif::ProgressBar::hidden(),
         stop_after_steps: stop,
         model_info: "probe".into(),
+        head_dtype: burn::tensor::DType::F32,
     };
     let (model, outcome) = match on {
         None => train::<Bk, _, _>(model, &tr, Some(&val), spec, &opts, &device)?,
@@ -332,8 +336,9 @@ fn log_format_checkpoints_and_outputs() {
             "train_speed(s/it)"
         ]
     );
-    // Step 1 uses lr(0) = 0 (warmup of ceil(0.1·15) = 2 steps), step 3 the peak... of cosine.
-    assert_eq!(raw[0]["learning_rate"].as_f64(), Some(0.0));
+    // Step 1 uses lr(0) = 0 (warmup of ceil(0.1·15) = 2 steps) and logs the rate after its
+    // scheduler update, as transformers does: lr(1) = 5e-2 · 1/2.
+    assert_eq!(raw[0]["learning_rate"].as_f64(), Some(0.025));
     assert_eq!(raw[0]["epoch"].as_f64(), Some(0.2));
     let eval_keys: Vec<&str> = raw[1].keys().map(|k| k.as_str()).collect();
     assert_eq!(
@@ -448,6 +453,7 @@ fn sharded_runs_resume_exactly_and_ignore_the_thread_count() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let spec = TrainSpec {
         shards: 3,
+        gradient_checkpointing: true,
         ..spec()
     };
     let full = tempfile::tempdir().unwrap();

@@ -9,8 +9,8 @@ use pipeline::adapter::targets::TargetModules;
 use pipeline::data::record::{Label, Record, RecordImage};
 use pipeline::experiment::schema::{Common, TrainParams};
 use pipeline::graph::{Stage, StageError};
+use pipeline::safetensors_io;
 use pipeline::stages::train::TrainStage;
-use pipeline::train::safetensors_io;
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
@@ -56,6 +56,7 @@ fn dataset(dir: &Path, val: bool) {
                     orig_hw: [56, 56],
                     grid_thw: [1, 4, 4],
                 }],
+                messages: Vec::new(),
             };
             lines.push_str(&serde_json::to_string(&rec).unwrap());
             lines.push('\n');
@@ -218,12 +219,12 @@ fn data_and_model_mismatches_are_input_errors() {
     let m3 = tmp.path().join("model3");
     std::fs::create_dir_all(&m3).unwrap();
     std::fs::copy(model.join("config.json"), m3.join("config.json")).unwrap();
-    let mut w = safetensors_io::read(&model.join("model.safetensors")).unwrap();
+    let mut w = safetensors_io::read_tensors(&model.join("model.safetensors")).unwrap();
     w.push((
         "score.weight".into(),
         burn::tensor::TensorData::new(vec![0.01f32; 3 * 32], [3, 32]),
     ));
-    safetensors_io::write(&m3.join("model.safetensors"), &w, None).unwrap();
+    safetensors_io::write_tensors(&m3.join("model.safetensors"), &w).unwrap();
     let s = TrainStage::new(params(""), &common(5, &m3)).unwrap();
     let m = input_error(run(&s, &data, &out("d")));
     assert!(

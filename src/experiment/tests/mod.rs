@@ -146,7 +146,7 @@ fn unknown_stage_key_names_line_key_and_valid_keys() {
             "stages.train.lora_rnk",
             "unknown key `lora_rnk` in [stages.train]",
             "did you mean `lora_rank`",
-            "valid keys: adam_beta1, adam_beta2, adam_epsilon, adapter, data_seed, eval_steps,",
+            "valid keys: adam_beta1, adam_beta2, adam_epsilon, adapter, attn_impl, data_seed,",
         ],
     );
     assert!(msg.contains(":17:1:"), "{msg}");
@@ -223,7 +223,7 @@ fn top_level_and_table_errors() {
         &[
             "sed",
             "unknown key `sed` at the top level",
-            "valid keys: devices, model, name, seed, stages, sweep, task",
+            "valid keys: devices, model, name, seed, slurm, stages, sweep, task",
         ],
     );
 
@@ -244,7 +244,7 @@ fn top_level_and_table_errors() {
         &msg,
         &[
             "model.color",
-            "valid keys: device, path, preset, torch_dtype",
+            "valid keys: device, model, path, preset, torch_dtype",
         ],
     );
 
@@ -258,7 +258,11 @@ fn model_and_task_rules() {
     let text = with("preset = \"tiny\"", "preset = \"tiny\"\npath = \"m\"");
     assert_has(
         &error_at(&text, line_of(&text, "path")),
-        &["model.path", "exactly one of `preset` or `path`"],
+        &[
+            "model.path",
+            "exactly one of `preset`",
+            "not preset and path",
+        ],
     );
 
     let text = with("preset = \"tiny\"", "torch_dtype = \"float32\"");
@@ -343,6 +347,8 @@ fn model_and_task_rules() {
 
     let text = BASE.replacen("seed = 42", "seed = 42\ndevices = [\"cuda:0\", \"tpu\"]", 1);
     assert_has(&error_at(&text, 2), &["devices", "invalid device `tpu`"]);
+    let text = BASE.replacen("seed = 42", "seed = 42\ndevices = [\"cuda:0\", \"cpu\"]", 1);
+    assert_has(&error_at(&text, 2), &["devices", "mixes `cpu` and CUDA"]);
 }
 
 #[track_caller]
@@ -444,7 +450,7 @@ fn dataset_rules() {
         &error_at(&text, line_of(&text, "cut")),
         &[
             "stages.data.truncation_strategy",
-            "valid values: delete, error",
+            "valid values: delete, left, right, raise, error",
         ],
     );
 
@@ -518,6 +524,12 @@ fn train_rules() {
             "lora_rank = 8",
             "train_type = \"full\"",
             "stages.train.train_type",
+            "valid values: lora",
+        ),
+        (
+            "lora_rank = 8",
+            "tuner_type = \"full\"",
+            "stages.train.tuner_type",
             "valid values: lora",
         ),
         (

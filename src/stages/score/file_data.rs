@@ -44,7 +44,7 @@ fn options(dataset_dir: &Path, common: &Common) -> Result<BuildOptions, StageErr
         .map_err(|e| input(format!("{}: invalid JSON: {e}", path.display())))?;
     let p = &manifest["params"];
     let int = |k: &str, default: u64| p[k].as_u64().unwrap_or(default);
-    let truncation = Truncation::parse(p["truncation_strategy"].as_str().unwrap_or("error"))
+    let truncation = Truncation::parse(p["truncation_strategy"].as_str().unwrap_or("raise"))
         .map_err(|e| input(e.to_string()))?;
     let opts = BuildOptions {
         min_pixels: int("min_pixels", default_min_pixels()),

@@ -46,6 +46,29 @@ pub fn project(text: &str) -> tempfile::TempDir {
     dir
 }
 
+/// The first rows of shapes11 as `dir/data/<split>.jsonl` for each `(split, rows)`, with
+/// absolute image paths (so the copy works from any folder).
+pub fn shapes11_slice(dir: &Path, splits: &[(&str, usize)]) {
+    let shapes = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/shapes11");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    for (split, rows) in splits {
+        let text = std::fs::read_to_string(shapes.join(format!("{split}.jsonl"))).unwrap();
+        let mut out = String::new();
+        for line in text.lines().take(*rows) {
+            let mut row: Value = serde_json::from_str(line).unwrap();
+            for img in row["images"].as_array_mut().unwrap() {
+                *img = shapes
+                    .join(img.as_str().unwrap())
+                    .display()
+                    .to_string()
+                    .into();
+            }
+            out.push_str(&format!("{row}\n"));
+        }
+        std::fs::write(dir.join(format!("data/{split}.jsonl")), out).unwrap();
+    }
+}
+
 /// Stand-in stage: logs each run to `log`, writes its params (and, for train, a
 /// `logging.jsonl`; for score, a `metrics.json` derived from them), optionally sleeping
 /// first and touching `started` so a test can kill it mid-run.
@@ -66,6 +89,10 @@ impl Stage for FakeStage {
     }
     fn params(&self) -> Value {
         self.params.clone()
+    }
+    /// As the real stage kinds that run the model.
+    fn uses_device(&self) -> bool {
+        matches!(self.kind, "train" | "export" | "score")
     }
     fn input_files(&self) -> Result<Vec<PathBuf>, StageError> {
         Ok(self.inputs.clone())
@@ -180,4 +207,81 @@ pub fn run_cli(dir: &Path, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A temp project: `exp.toml` (`text`) and the first `train` / `test` rows of shapes11
+/// with absolute image paths.
+pub fn shapes11_project(text: &str, train: usize, test: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    shapes11_slice(dir.path(), &[("train", train), ("test", test)]);
+    std::fs::write(dir.path().join("exp.toml"), text).unwrap();
+    dir
+}
+
+/// What one `pipeline` call did.
+pub struct Out {
+    pub stdout: String,
+    pub stderr: String,
+    pub shown: String,
+}
+
+impl Out {
+    /// `(computed, cached)` from the closing `N computed, M cached in T` line.
+    pub fn counts(&self) -> (usize, usize) {
+        let line = self
+            .stderr
+            .lines()
+            .rev()
+            .find(|l| l.contains(" computed, "))
+            .unwrap_or_else(|| panic!("no summary line in:\n{}", self.shown));
+        let n: Vec<usize> = line
+            .split_whitespace()
+            .filter_map(|w| w.trim_end_matches(',').parse().ok())
+            .collect();
+        (n[0], n[1])
+    }
+
+    /// The single `error:` line of a rejected call (and nothing else on stderr).
+    #[track_caller]
+    pub fn one_error_line(&self) -> &str {
+        assert_eq!(self.stderr.lines().count(), 1, "one line:\n{}", self.shown);
+        assert!(self.stderr.starts_with("error: "), "{}", self.shown);
+        for bad in [
+            "panicked",
+            "RUST_BACKTRACE",
+            "memory allocation",
+            "capacity overflow",
+        ] {
+            assert!(!self.stderr.contains(bad), "{}", self.shown);
+        }
+        self.stderr.trim_end()
+    }
+}
+
+/// `pipeline args…` in `dir` with `env`; panics with the whole output unless it exits
+/// with `want`.
+#[track_caller]
+pub fn pipeline_out(dir: &Path, args: &[&str], env: &[(&str, &str)], want: i32) -> Out {
+    let mut cmd = pipeline(dir);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    let code = out.status.code().unwrap_or(-1);
+    let shown = format!(
+        "$ pipeline {} (in {})\nexit {code}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        args.join(" "),
+        dir.display()
+    );
+    assert_eq!(code, want, "{shown}");
+    Out {
+        stdout,
+        stderr,
+        shown,
+    }
 }

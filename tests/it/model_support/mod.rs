@@ -11,6 +11,31 @@ pub type B = burn::backend::Flex;
 
 /// The fixtures of the checkout the test was built in, or, when that path is gone (a test
 /// binary carried to another machine, run from the repository root), `./tests/fixtures/golden`.
+/// The golden batch of `inputs.safetensors` (3 samples of different lengths) padded on
+/// `side`: pixel values decoded from the u8 codes as `(code - 128) / 64`.
+pub fn golden_inputs(side: &str) -> pipeline::model::inputs::ModelInputs<B> {
+    let inp = Fixture::open("inputs.safetensors");
+    let s = inp.shape("pixel_codes");
+    let px: Vec<f32> = inp
+        .values("pixel_codes")
+        .into_iter()
+        .map(|c| ((c - 128.0) / 64.0) as f32)
+        .collect();
+    pipeline::model::inputs::ModelInputs {
+        input_ids: inp.int2(&format!("input_ids_{side}")),
+        attention_mask: inp.int2(&format!("attention_mask_{side}")),
+        pixel_values: Some(Tensor::from_data(
+            TensorData::new(px, [s[0], s[1]]),
+            (&Default::default(), DType::F32),
+        )),
+        image_grid_thw: inp
+            .ints("grids")
+            .chunks(3)
+            .map(|g| [g[0] as usize, g[1] as usize, g[2] as usize])
+            .collect(),
+    }
+}
+
 pub fn golden_dir() -> PathBuf {
     let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden");
     if built.exists() {

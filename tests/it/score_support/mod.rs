@@ -120,6 +120,7 @@ pub fn common_for(model_dir: &Path, num_labels: usize, problem_type: Option<&str
         model: ModelSpec {
             preset: None,
             path: Some(model_dir.display().to_string()),
+            model: None,
             torch_dtype: "float32".into(),
             device: "cpu".into(),
         },

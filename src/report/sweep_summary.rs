@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 
-use super::{Result, Store, io};
+use super::heatmap::{Heatmap, render_heatmap};
 use crate::experiment::{Loaded, StageParams, SweptValue, format_value};
-use crate::report::heatmap::{Heatmap, render_heatmap};
+use crate::store::{KeyLock, Result, Store, io};
 
 /// Throughput fields of an eval line: not worth a column.
 const NOISE: [&str; 3] = [
@@ -72,6 +72,21 @@ pub fn stage_metrics(dir: &Path) -> BTreeMap<String, f64> {
         }
     }
     out
+}
+
+/// Gather the summary and write it under the experiment's summary lock, so that tasks
+/// finishing together never overwrite a newer table with an older one: each gathers
+/// only once it holds the lock, and so sees every variant finished before it.
+pub fn write_sweep_summary(store: &Store, loaded: &Loaded) -> Result<(Summary, SummaryFiles)> {
+    let _lock = KeyLock::exclusive(&summary_lock_path(store, loaded.name()))?;
+    let summary = sweep_summary(store, loaded);
+    let files = summary.write(store)?;
+    Ok((summary, files))
+}
+
+/// The lock `write_sweep_summary` holds (beside the cache's per-key locks).
+pub fn summary_lock_path(store: &Store, experiment: &str) -> PathBuf {
+    store.locks_dir().join(format!("sweep-{experiment}.lock"))
 }
 
 /// One row of a sweep summary.
@@ -311,9 +326,10 @@ impl Summary {
         })
     }
 
-    /// Write `runs/<name>/sweep.csv`, `sweep.md` (each via a temp file and a rename:
-    /// slurm array tasks may finish at the same time) and `sweep_heatmap.png` when the
-    /// sweep has one or two keys. A heatmap that cannot be drawn is a note, not an error.
+    /// Write `runs/<name>/sweep.csv`, `sweep.md` (each via a temp file and a rename, so a
+    /// reader never sees half a table) and `sweep_heatmap.png` when the sweep has one or
+    /// two keys. A heatmap that cannot be drawn is a note, not an error. Concurrent
+    /// writers go through [`write_sweep_summary`].
     pub fn write(&self, store: &Store) -> Result<SummaryFiles> {
         let dir = store.experiment_dir(&self.experiment);
         io(std::fs::create_dir_all(&dir), "create", &dir)?;
@@ -390,4 +406,105 @@ pub fn latest_metrics(store: &Store, loaded: &Loaded) -> String {
         out.push_str(&format!("{:<12} {:<8} {line}\n", s.name, s.kind()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A project with a sweep over `ranks` and a store under it.
+    fn sweep_of(ranks: &[usize]) -> (tempfile::TempDir, Loaded, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("train.jsonl"), "{}\n").unwrap();
+        let list: Vec<String> = ranks.iter().map(|r| r.to_string()).collect();
+        let text = format!(
+            "name = \"s\"\n[model]\npreset = \"tiny\"\n[task]\nnum_labels = 2\n\
+             [stages.data]\nkind = \"dataset\"\ndataset = \"train.jsonl\"\n\
+             [stages.train]\nkind = \"train\"\nneeds = [\"data\"]\n\
+             [sweep]\n\"stages.train.lora_rank\" = [{}]\n",
+            list.join(", ")
+        );
+        let file = dir.path().join("exp.toml");
+        std::fs::write(&file, &text).unwrap();
+        let loaded = crate::experiment::load(&file).unwrap();
+        let store = Store::new(dir.path().join("runs"));
+        (dir, loaded, store)
+    }
+
+    /// Variant `k` finished: its train entry (with an eval line) and its link.
+    fn finish(store: &Store, loaded: &Loaded, k: usize) {
+        let key = format!("{k:016x}{}", "0".repeat(48));
+        let entry = store.entry_dir("train", &key);
+        std::fs::create_dir_all(&entry).unwrap();
+        let line = serde_json::json!({"eval_loss": 1.0 + k as f64});
+        std::fs::write(entry.join("logging.jsonl"), format!("{line}\n")).unwrap();
+        let v = loaded.variants[k].name.as_deref();
+        store
+            .set_pointer(loaded.name(), v, "train", "train", &key)
+            .unwrap();
+    }
+
+    /// Rows of sweep.csv that carry an eval_loss.
+    fn rows_with_loss(store: &Store) -> usize {
+        let text = std::fs::read_to_string(store.experiment_dir("s").join("sweep.csv")).unwrap();
+        let mut lines = text.lines();
+        let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let col = head.iter().position(|h| *h == "train.eval_loss").unwrap();
+        lines
+            .filter(|l| !l.split(',').nth(col).unwrap_or_default().is_empty())
+            .count()
+    }
+
+    #[test]
+    fn the_summary_is_gathered_only_once_the_lock_is_held() {
+        let (_dir, loaded, store) = sweep_of(&[4, 8]);
+        finish(&store, &loaded, 0);
+        let held = KeyLock::exclusive(&summary_lock_path(&store, "s")).unwrap();
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| write_sweep_summary(&store, &loaded).unwrap());
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(
+                !store.experiment_dir("s").join("sweep.csv").exists(),
+                "the writer waits for the lock"
+            );
+            // A variant finishing while the writer waits is in the table it writes.
+            finish(&store, &loaded, 1);
+            drop(held);
+            let (summary, _) = writer.join().unwrap();
+            assert_eq!(summary.rows.len(), 2);
+        });
+        assert_eq!(rows_with_loss(&store), 2);
+    }
+
+    #[test]
+    fn concurrent_writers_finishing_together_keep_every_row() {
+        let ranks: Vec<usize> = (1..=8).collect();
+        for _ in 0..5 {
+            let (_dir, loaded, store) = sweep_of(&ranks);
+            let start = std::sync::Barrier::new(ranks.len());
+            std::thread::scope(|s| {
+                for k in 0..ranks.len() {
+                    let (store, loaded, start) = (&store, &loaded, &start);
+                    s.spawn(move || {
+                        start.wait();
+                        finish(store, loaded, k);
+                        write_sweep_summary(store, loaded).unwrap();
+                    });
+                }
+            });
+            assert_eq!(rows_with_loss(&store), ranks.len());
+            let md = std::fs::read_to_string(store.experiment_dir("s").join("sweep.md")).unwrap();
+            let rows = md
+                .lines()
+                .filter(|l| l.starts_with("| r") && !l.starts_with("| r |"));
+            assert_eq!(rows.count(), ranks.len(), "{md}");
+            let leftovers: Vec<_> = std::fs::read_dir(store.experiment_dir("s"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+                .collect();
+            assert!(leftovers.is_empty(), "{leftovers:?}");
+        }
+    }
 }
