@@ -193,7 +193,12 @@ where
                 let concurrent = self.spread == Spread::Pool;
                 for (k, deal) in deals.iter().enumerate() {
                     // Every shard of the micro-batch as a job with fresh leaves of its
-                    // replica (separate autodiff graphs that can run side by side).
+                    // replica (separate autodiff graphs that can run side by side). Fresh
+                    // leaves are also what keeps concurrent backward passes sound on Burn
+                    // 0.21: each backward sweeps every graph in the process, and a graph
+                    // begun from a reused (already consumed) leaf can be swept mid-op,
+                    // losing that leaf's gradient without an error (tracel-ai/burn#5573).
+                    // A fresh leaf is held by the job's module, so its graph stays live.
                     let mut jobs = Vec::new();
                     for (r, shards) in deal.iter().enumerate() {
                         let m = if r == 0 { model } else { &self.copies[r - 1] };

@@ -47,6 +47,7 @@ struct Pass {
 }
 
 fn pass(m: &SeqClassifier<AB>) -> Pass {
+    let m = &support::fresh_leaves(m);
     let x = collate::<AB>(
         &[&sample(), &sample()],
         0,
@@ -65,6 +66,7 @@ fn pass(m: &SeqClassifier<AB>) -> Pass {
 
 /// The same through the training pass (segments, memory-efficient attention, recompute).
 fn segmented_pass(m: &SeqClassifier<AB>) -> Pass {
+    let m = &support::fresh_leaves(m);
     let x = collate::<B>(
         &[&sample(), &sample()],
         0,

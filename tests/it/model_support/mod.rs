@@ -211,3 +211,17 @@ pub fn with_random_adapters<Bk: Backend>(
         .collect();
     base.load_lora_weights(spec, adapters, None).unwrap()
 }
+
+/// `m` with fresh leaves (new autodiff nodes for its trainable tensors), as the trainer
+/// gives every shard. A test that runs several backward passes on one module must take
+/// each pass on fresh leaves: after a backward a reused leaf's first op starts a one-node
+/// graph, and a `backward()` finishing on another thread (tests run in parallel) may sweep
+/// that graph before the op registers, silently dropping the leaf's gradient (Burn 0.21,
+/// tracel-ai/burn#5573).
+pub fn fresh_leaves<Bk, M>(m: &M) -> M
+where
+    Bk: burn::tensor::backend::AutodiffBackend,
+    M: burn::module::AutodiffModule<Bk>,
+{
+    M::from_inner(m.valid())
+}
