@@ -201,15 +201,17 @@ fn a_cancelled_task_resumes_from_its_checkpoint_when_resubmitted() {
     let runs = p.path().join("runs");
     let job = submit(&cluster, p.path());
     // Cancel task 0 once it has written a checkpoint (and is still training).
+    // r4's training partial: a `train-*` directory (not its `.resumable` marker file beside
+    // it) whose checkpoints hold a rank-4 adapter. r8 trains at the same time in task 1.
     let partial = || -> Option<PathBuf> {
         let dir = std::fs::read_dir(runs.join("cache/.partial")).ok()?;
-        // The directory, not its `.resumable` marker file beside it.
         dir.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
-            p.is_dir()
+            let train = p.is_dir()
                 && p.file_name()
                     .unwrap()
                     .to_string_lossy()
-                    .starts_with("train-")
+                    .starts_with("train-");
+            train && adapter_rank(p) == Some(4)
         })
     };
     let first_train = |log: &str| log.contains("[r4/train]");
@@ -280,6 +282,19 @@ fn a_cancelled_task_resumes_from_its_checkpoint_when_resubmitted() {
         std::fs::read_to_string(runs.join("st/sweep.csv")).unwrap(),
         std::fs::read_to_string(reference.join("st/sweep.csv")).unwrap()
     );
+}
+
+/// LoRA rank of the adapters in the checkpoints of training dir `dir` (the first complete
+/// `checkpoint-*/adapter_config.json`; checkpoints appear by rename, whole).
+fn adapter_rank(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir).ok()?.find_map(|e| {
+        let e = e.ok()?;
+        if !e.file_name().to_string_lossy().starts_with("checkpoint-") {
+            return None;
+        }
+        let text = std::fs::read_to_string(e.path().join("adapter_config.json")).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).ok()?["r"].as_u64()
+    })
 }
 
 /// Optimizer steps of the cancelled training: enough that it is still running when the
