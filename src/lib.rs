@@ -17,6 +17,7 @@ pub mod data;
 pub mod experiment;
 pub mod export;
 pub mod graph;
+pub mod host_alloc;
 pub mod model;
 pub mod paths;
 pub mod report;

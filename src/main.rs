@@ -149,6 +149,7 @@ fn entries(n: usize) -> String {
 struct UsageError(String);
 
 fn main() -> ExitCode {
+    pipeline::host_alloc::keep_large_blocks_on_the_heap();
     quiet_stage_panics();
     let cli = match Cli::try_parse() {
         Ok(c) => c,

@@ -3,7 +3,8 @@
 qwen-vl-utils + PIL. Prints one table; every raw line goes to --out (JSON lines).
 
   cargo build --release --bin pipeline --example bench_dataset
-  python3 tools/bench/cpu_vs_torch.py [--rounds 5] [--only tiny,cut,dataset] [--lock FILE]
+  python3 tools/bench/cpu_vs_torch.py [--rounds 5] [--only tiny,cut,dataset] [--grad-ckpt on|off]
+                                      [--threads N] [--lock FILE] [--out FILE]
 
 Workloads (both sides build the same model from the same shapes, random weights, f32):
   tiny     the `tiny` preset, one 112x112 image (64 patches) + 40 text tokens, LoRA r16
@@ -46,7 +47,8 @@ def run(cmd, lock):
 
 def ours(name, w, a):
     cmd = ['env', f'RAYON_NUM_THREADS={a.threads}'] if a.threads else []
-    cmd += [a.bin, 'bench', '--device', 'cpu', '--steps', str(w['steps']), '--warmup', str(w['warmup'])] + w['ours']
+    cmd += [a.bin, 'bench', '--device', 'cpu', '--steps', str(w['steps']), '--warmup', str(w['warmup']),
+            '--grad-ckpt', a.grad_ckpt] + w['ours']
     out, _ = run(cmd, a.lock)
     lines = [json.loads(l) for l in out.splitlines() if l.startswith('{')]
     by = {l['mode']: l for l in lines}
@@ -59,6 +61,8 @@ def torch(name, w, a):
            '--steps', str(w['steps']), '--warmup', str(w['warmup'])] + w['torch']
     if a.threads:
         cmd += ['--threads', str(a.threads)]
+    if a.grad_ckpt == 'on':
+        cmd += ['--grad-ckpt']
     out, _ = run(cmd, a.lock)
     d = json.loads(out[out.index('{'):])
     return dict(train=d['train_samples_per_s'], eval=d['eval_samples_per_s'],
@@ -84,11 +88,14 @@ def main():
     ap.add_argument('--lock', default=None, help='run every command under flock FILE')
     ap.add_argument('--threads', type=int, default=0,
                     help='threads of both sides (RAYON_NUM_THREADS, torch.set_num_threads); default: each its own (all cores)')
+    ap.add_argument('--grad-ckpt', choices=['on', 'off'], default='on',
+                    help='gradient checkpointing on both sides (ms-swift default: on)')
     ap.add_argument('--out', default=None, help='JSON lines of every run')
     a = ap.parse_args()
     only = a.only.split(',')
     log = open(a.out, 'a') if a.out else None
-    print(f'{os.cpu_count()} cpus, load average at start {load()}, {a.rounds} rounds', flush=True)
+    print(f'{os.cpu_count()} cpus, load average at start {load()}, {a.rounds} rounds, '
+          f'gradient checkpointing {a.grad_ckpt} on both sides', flush=True)
     rows = []
     for name in [n for n in ('tiny', 'cut') if n in only]:
         w = WORKLOADS[name]
