@@ -22,6 +22,7 @@ pub mod model;
 pub mod paths;
 pub mod report;
 pub mod safetensors_io;
+pub mod slurm;
 pub mod stages;
 pub mod store;
 pub mod task;

@@ -11,7 +11,6 @@ use indicatif::MultiProgress;
 
 use pipeline::bench::{BenchError, BenchFlags, run_bench};
 use pipeline::experiment::{self, ExperimentError, Loaded, Variant};
-use pipeline::graph::slurm::{self, queue, queue::QueueError, status};
 use pipeline::graph::{
     ExecError, Plan, PlanError, RunOptions, StageError, execute, explain, progress::human_duration,
 };
@@ -19,6 +18,7 @@ use pipeline::model::ModelError;
 use pipeline::report::sweep_summary::{
     HEATMAP_FILE, latest_metrics, sweep_summary, write_sweep_summary,
 };
+use pipeline::slurm::{self, queue, queue::QueueError, status};
 use pipeline::stages;
 use pipeline::store::{Store, gc, verify};
 

@@ -30,7 +30,7 @@ pub use error::{ExperimentError, Location};
 pub use schema::Common;
 pub use source::Source;
 pub use spec::{Experiment, STAGE_KINDS, StageParams, StageSpec};
-pub use stage_rules::replica_pool_problem;
+pub use stage_rules::{replica_pool_problem, train_value_problem};
 pub use sweep::{SweepMode, SweepSpec, SweptValue, Variant};
 pub use sweep_names::format_value;
 

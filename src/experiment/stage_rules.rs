@@ -130,89 +130,15 @@ fn train(
         "tuner_type"
     };
     c.choice(&at(tuner_key), &p.tuner_type, &TRAIN_TYPES)?;
-    c.ensure(p.lora_rank >= 1, &at("lora_rank"), || {
-        "lora_rank must be ≥ 1".into()
-    })?;
-    positive(c, &at("lora_alpha"), p.lora_alpha)?;
-    c.ensure(
-        (0.0..1.0).contains(&p.lora_dropout),
-        &at("lora_dropout"),
-        || format!("lora_dropout must be in [0, 1), got {}", p.lora_dropout),
-    )?;
-    positive(c, &at("learning_rate"), p.learning_rate)?;
-    for k in [
-        "per_device_train_batch_size",
-        "per_device_eval_batch_size",
-        "gradient_accumulation_steps",
-    ] {
-        let v = match k {
-            "per_device_train_batch_size" => p.per_device_train_batch_size,
-            "per_device_eval_batch_size" => p.per_device_eval_batch_size,
-            _ => p.gradient_accumulation_steps,
-        };
-        c.ensure(v >= 1, &["stages", name, k], || format!("{k} must be ≥ 1"))?;
+    if let Some((key, msg)) = train_value_problem(&p) {
+        return Err(c.err(&at(key), msg));
     }
-    nproc(c, name, p.nproc_per_node)?;
-    c.ensure(
-        p.max_steps == -1 || p.max_steps >= 1,
-        &at("max_steps"),
-        || "max_steps must be ≥ 1, or -1 to train for num_train_epochs".into(),
-    )?;
-    if p.max_steps < 1 {
-        positive(c, &at("num_train_epochs"), p.num_train_epochs)?;
-    }
-    c.ensure(p.weight_decay >= 0.0, &at("weight_decay"), || {
-        "weight_decay must be ≥ 0".into()
-    })?;
-    for (k, v) in [("adam_beta1", p.adam_beta1), ("adam_beta2", p.adam_beta2)] {
-        c.ensure((0.0..1.0).contains(&v), &["stages", name, k], || {
-            format!("{k} must be in [0, 1), got {v}")
-        })?;
-    }
-    positive(c, &at("adam_epsilon"), p.adam_epsilon)?;
-    c.ensure(p.max_grad_norm >= 0.0, &at("max_grad_norm"), || {
-        "max_grad_norm must be ≥ 0 (0 disables clipping)".into()
-    })?;
     c.choice(&at("lr_scheduler_type"), &p.lr_scheduler_type, &SCHEDULERS)?;
-    c.ensure(
-        (0.0..=1.0).contains(&p.warmup_ratio),
-        &at("warmup_ratio"),
-        || format!("warmup_ratio must be in [0, 1], got {}", p.warmup_ratio),
-    )?;
-    c.ensure(p.save_steps >= 1, &at("save_steps"), || {
-        "save_steps must be ≥ 1".into()
-    })?;
-    c.ensure(p.logging_steps >= 1, &at("logging_steps"), || {
-        "logging_steps must be ≥ 1".into()
-    })?;
-    c.ensure(
-        p.save_total_limit != Some(0),
-        &at("save_total_limit"),
-        || "save_total_limit must be ≥ 1".into(),
-    )?;
     c.choice(
         &at("metric_for_best_model"),
         &p.metric_for_best_model,
         &BEST_METRICS,
     )?;
-    match &p.target_modules {
-        TargetModules::One(s) if s.is_empty() => {
-            return Err(c.err(&at("target_modules"), "target_modules is empty"));
-        }
-        TargetModules::One(s) if s != "all-linear" => {
-            // fancy-regex, as the adapter code: ms-swift's regexes use look-aheads.
-            if let Err(e) = fancy_regex::Regex::new(s) {
-                return Err(c.err(
-                    &at("target_modules"),
-                    format!("not `all-linear` and not a valid regex: {e}"),
-                ));
-            }
-        }
-        TargetModules::List(l) if l.is_empty() => {
-            return Err(c.err(&at("target_modules"), "target_modules is an empty list"));
-        }
-        _ => {}
-    }
     if let Some(a) = &p.adapter {
         p.adapter = Some(c.existing_dir(&at("adapter"), a)?);
     }
@@ -221,10 +147,7 @@ fn train(
     c.ensure(data.dataset.is_some(), &at("needs"), || {
         format!("train stage `{name}` needs a training set, but dataset stage `{dname}` has only `val_dataset`")
     })?;
-    if let Some(steps) = p.eval_steps {
-        c.ensure(steps >= 1, &at("eval_steps"), || {
-            "eval_steps must be ≥ 1".into()
-        })?;
+    if p.eval_steps.is_some() {
         c.ensure(data.val_dataset.is_some(), &at("eval_steps"), || {
             format!("eval_steps is set but dataset stage `{dname}` has no `val_dataset`; add one or remove eval_steps")
         })?;
@@ -235,10 +158,124 @@ fn train(
     Ok(p)
 }
 
-fn nproc(c: &Check, name: &str, n: usize) -> Result<()> {
-    c.ensure(n >= 1, &["stages", name, "nproc_per_node"], || {
-        "nproc_per_node must be ≥ 1 (replicas, one per device)".into()
-    })
+/// The first value of a train stage's params out of its range, as `(key, message)`: the
+/// one copy of these rules, for the experiment file (with `file:line:col`) and for
+/// `stages::train::TrainStage::new` (params built in code).
+pub fn train_value_problem(p: &TrainParams) -> Option<(&'static str, String)> {
+    let positive = |k: &'static str, v: f64| {
+        (!(v.is_finite() && v > 0.0)).then(|| (k, format!("{k} must be > 0, got {v}")))
+    };
+    let at_least_one = |k: &'static str, v: usize, why: &str| {
+        (v < 1).then(|| (k, format!("{k} must be ≥ 1{why}")))
+    };
+    let in_unit = |k: &'static str, v: f64| {
+        (!(0.0..1.0).contains(&v)).then(|| (k, format!("{k} must be in [0, 1), got {v}")))
+    };
+    let target_modules = || match &p.target_modules {
+        TargetModules::One(s) if s.is_empty() => {
+            Some(("target_modules", "target_modules is empty".to_string()))
+        }
+        // fancy-regex, as the adapter code: ms-swift's regexes use look-aheads.
+        TargetModules::One(s) if s != "all-linear" => fancy_regex::Regex::new(s).err().map(|e| {
+            (
+                "target_modules",
+                format!("target_modules is not `all-linear` and not a valid regex: {e}"),
+            )
+        }),
+        TargetModules::List(l) if l.is_empty() => Some((
+            "target_modules",
+            "target_modules is an empty list".to_string(),
+        )),
+        _ => None,
+    };
+    at_least_one("lora_rank", p.lora_rank, "")
+        .or_else(|| positive("lora_alpha", p.lora_alpha))
+        .or_else(|| in_unit("lora_dropout", p.lora_dropout))
+        .or_else(|| positive("learning_rate", p.learning_rate))
+        .or_else(|| {
+            at_least_one(
+                "per_device_train_batch_size",
+                p.per_device_train_batch_size,
+                "",
+            )
+        })
+        .or_else(|| {
+            at_least_one(
+                "per_device_eval_batch_size",
+                p.per_device_eval_batch_size,
+                "",
+            )
+        })
+        .or_else(|| {
+            at_least_one(
+                "gradient_accumulation_steps",
+                p.gradient_accumulation_steps,
+                "",
+            )
+        })
+        .or_else(|| {
+            at_least_one(
+                "nproc_per_node",
+                p.nproc_per_node,
+                " (replicas, one per device)",
+            )
+        })
+        .or_else(|| {
+            (p.max_steps != -1 && p.max_steps < 1).then(|| {
+                (
+                    "max_steps",
+                    "max_steps must be ≥ 1, or -1 to train for num_train_epochs".to_string(),
+                )
+            })
+        })
+        .or_else(|| {
+            (p.max_steps < 1)
+                .then(|| positive("num_train_epochs", p.num_train_epochs))
+                .flatten()
+        })
+        .or_else(|| {
+            (!(p.weight_decay >= 0.0))
+                .then(|| ("weight_decay", "weight_decay must be ≥ 0".to_string()))
+        })
+        .or_else(|| in_unit("adam_beta1", p.adam_beta1))
+        .or_else(|| in_unit("adam_beta2", p.adam_beta2))
+        .or_else(|| positive("adam_epsilon", p.adam_epsilon))
+        .or_else(|| {
+            (!(p.max_grad_norm >= 0.0)).then(|| {
+                (
+                    "max_grad_norm",
+                    "max_grad_norm must be ≥ 0 (0 disables clipping)".to_string(),
+                )
+            })
+        })
+        .or_else(|| {
+            (!(0.0..=1.0).contains(&p.warmup_ratio)).then(|| {
+                (
+                    "warmup_ratio",
+                    format!("warmup_ratio must be in [0, 1], got {}", p.warmup_ratio),
+                )
+            })
+        })
+        .or_else(|| at_least_one("save_steps", p.save_steps, ""))
+        .or_else(|| at_least_one("logging_steps", p.logging_steps, ""))
+        .or_else(|| {
+            (p.save_total_limit == Some(0)).then(|| {
+                (
+                    "save_total_limit",
+                    "save_total_limit must be ≥ 1".to_string(),
+                )
+            })
+        })
+        .or_else(|| {
+            p.eval_steps.and_then(|e| {
+                at_least_one(
+                    "eval_steps",
+                    e,
+                    " (leave it out to evaluate only at the end)",
+                )
+            })
+        })
+        .or_else(target_modules)
 }
 
 /// Why `n` replicas cannot run on `pool` (a run's device slots), to follow `key = n`; None
@@ -299,10 +336,9 @@ pub(crate) fn check_replica_pools(
     Ok(())
 }
 
-fn positive(c: &Check, path: &[&str], v: f64) -> Result<()> {
-    let field = path.last().copied().unwrap_or_default();
-    c.ensure(v.is_finite() && v > 0.0, path, || {
-        format!("{field} must be > 0, got {v}")
+fn nproc(c: &Check, name: &str, n: usize) -> Result<()> {
+    c.ensure(n >= 1, &["stages", name, "nproc_per_node"], || {
+        "nproc_per_node must be ≥ 1 (replicas, one per device)".into()
     })
 }
 

@@ -20,12 +20,11 @@ pub mod key;
 pub mod plan;
 pub mod progress;
 mod schedule;
-pub mod slurm;
 pub mod stage;
 
 pub use error::{ExecError, PlanError};
 pub use executor::{RunOptions, RunReport, execute};
-pub use plan::{Plan, PlanNode, StageFactory, StageUse};
+pub use plan::{Plan, PlanNode, PlanStage, PlanVariant, StageFactory, StageUse};
 pub use stage::{CacheHit, Stage, StageContext, StageError, Upstream};
 
 #[cfg(test)]

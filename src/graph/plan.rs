@@ -12,14 +12,39 @@ use super::devices::{GpuCount, device_kind};
 use super::error::PlanError;
 use super::key::{KeyParts, canonical_json, content_key, sorted};
 use super::stage::{Stage, StageError};
-use crate::experiment::{Common, StageSpec, Variant};
 use crate::store::manifest::InputDigest;
 use crate::store::{StatCache, Store, StoreError};
 
+/// What the planner reads of one variant of an experiment. The graph knows no experiment
+/// schema: the validated experiment implements this in `stages::plan_source`.
+pub trait PlanVariant {
+    /// A stage's validated spec, handed to the factory.
+    type Stage: PlanStage;
+    /// What the factory needs besides the spec (the tables every stage shares).
+    type Common;
+    /// `r8-lr1e-4`; `None` without a sweep.
+    fn variant_name(&self) -> Option<String>;
+    /// Stages in a topological order (each after the stages it needs).
+    fn stages(&self) -> &[Self::Stage];
+    fn common(&self) -> &Self::Common;
+    /// The seed, for the stages whose output depends on it.
+    fn seed(&self) -> u64;
+    /// The model's device setting (`auto`, `cpu`, `cuda:N`).
+    fn model_device(&self) -> &str;
+}
+
+/// A stage of a [`PlanVariant`].
+pub trait PlanStage {
+    fn name(&self) -> &str;
+    /// The kind the file names (the built stage must be of it).
+    fn kind(&self) -> &str;
+    /// Names of the stages whose artifacts it reads.
+    fn needs(&self) -> &[String];
+}
+
 /// Builds the `Stage` of a validated stage spec (`stages::build` in the binary; test
 /// kinds in tests).
-pub type StageFactory<'a> =
-    dyn Fn(&StageSpec, &Common) -> Result<Box<dyn Stage>, StageError> + Sync + 'a;
+pub type StageFactory<'a, S, C> = dyn Fn(&S, &C) -> Result<Box<dyn Stage>, StageError> + Sync + 'a;
 
 /// Where a node is used: a stage of a variant.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -107,13 +132,13 @@ impl Plan {
     /// Plan `variants` of experiment `name`: build each stage, digest its input files
     /// (through the store's stat cache) and key it; equal keys share a node. `gpus` counts
     /// the GPUs `device = "auto"` may use (the caller's probe; see `devices::GpuCount`).
-    pub fn build(
+    pub fn build<V: PlanVariant>(
         name: &str,
-        variants: &[&Variant],
+        variants: &[&V],
         devices: &[String],
         gpus: GpuCount,
         store: &Store,
-        factory: &StageFactory,
+        factory: &StageFactory<V::Stage, V::Common>,
     ) -> Result<Plan, PlanError> {
         let mut stat = StatCache::load(&store.statcache_path());
         let mut graph: DiGraph<PlanNode, String> = DiGraph::new();
@@ -121,21 +146,20 @@ impl Plan {
         let mut listing = Vec::new();
         let mut inputs_memo: BTreeMap<String, Vec<InputDigest>> = BTreeMap::new();
         for v in variants {
-            let exp = &v.experiment;
             let mut local: BTreeMap<&str, NodeIndex> = BTreeMap::new();
-            for spec in &exp.stages {
+            for spec in v.stages() {
                 let usage = StageUse {
-                    variant: v.name.clone(),
-                    stage: spec.name.clone(),
+                    variant: v.variant_name(),
+                    stage: spec.name().to_string(),
                 };
                 let stage_err = |source| PlanError::Stage {
                     stage: usage.label(),
                     source,
                 };
-                let stage = factory(spec, &exp.common).map_err(stage_err)?;
-                check_stage(stage.as_ref(), spec, exp).map_err(stage_err)?;
+                let stage = factory(spec, v.common()).map_err(stage_err)?;
+                check_stage(stage.as_ref(), spec, v.stages()).map_err(stage_err)?;
                 let upstream: BTreeMap<String, NodeIndex> = spec
-                    .needs
+                    .needs()
                     .iter()
                     .map(|n| (n.clone(), local[n.as_str()]))
                     .collect();
@@ -168,10 +192,10 @@ impl Plan {
                     }
                 };
                 let (kind, version) = (stage.kind().to_string(), stage.version());
-                let seed = stage.seeded().then_some(exp.common.seed);
+                let seed = stage.seeded().then_some(v.seed());
                 let device = if stage.uses_device() {
-                    let on = device_kind(devices, &exp.common.model.device, gpus);
-                    stage.check_fits(&spec.name, on).map_err(stage_err)?;
+                    let on = device_kind(devices, v.model_device(), gpus);
+                    stage.check_fits(spec.name(), on).map_err(stage_err)?;
                     sorted(&stage.device_key(on))
                 } else {
                     serde_json::Value::Null
@@ -210,7 +234,7 @@ impl Plan {
                 };
                 graph[idx].uses.push(usage.clone());
                 listing.push((usage, idx));
-                local.insert(&spec.name, idx);
+                local.insert(spec.name(), idx);
             }
         }
         stat.save()?;
@@ -227,11 +251,10 @@ impl Plan {
             order,
             devices: devices.to_vec(),
             gpus,
-            model_device: variants.first().map_or_else(
-                || "auto".into(),
-                |v| v.experiment.common.model.device.clone(),
-            ),
-            variants: variants.iter().map(|v| v.name.clone()).collect(),
+            model_device: variants
+                .first()
+                .map_or_else(|| "auto".into(), |v| v.model_device().to_string()),
+            variants: variants.iter().map(|v| v.variant_name()).collect(),
             listing,
         })
     }
@@ -262,11 +285,7 @@ impl Plan {
 }
 
 /// The built stage must be the kind the file names and get the inputs it requires.
-fn check_stage(
-    stage: &dyn Stage,
-    spec: &StageSpec,
-    exp: &crate::experiment::Experiment,
-) -> Result<(), StageError> {
+fn check_stage<S: PlanStage>(stage: &dyn Stage, spec: &S, all: &[S]) -> Result<(), StageError> {
     if stage.kind() != spec.kind() {
         return Err(StageError::Input(format!(
             "built a `{}` stage for kind `{}`",
@@ -275,9 +294,9 @@ fn check_stage(
         )));
     }
     let have: Vec<&str> = spec
-        .needs
+        .needs()
         .iter()
-        .filter_map(|n| exp.stage(n))
+        .filter_map(|n| all.iter().find(|s| s.name() == n))
         .map(|s| s.kind())
         .collect();
     for req in stage.required_inputs() {

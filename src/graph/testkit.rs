@@ -173,7 +173,7 @@ impl Kit {
             .collect()
     }
 
-    pub fn factory(&self) -> Box<StageFactory<'_>> {
+    pub fn factory(&self) -> Box<StageFactory<'_, StageSpec, Common>> {
         Box::new(move |spec: &StageSpec, _common: &Common| {
             let slots = match &spec.params {
                 StageParams::Train(p) => p.nproc_per_node,

@@ -11,6 +11,7 @@ mod device;
 pub mod export;
 mod fit;
 mod model_spec;
+mod plan_source;
 pub mod resources;
 pub mod score;
 pub mod swift_args;

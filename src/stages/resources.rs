@@ -24,8 +24,8 @@ use crate::experiment::cluster::DEFAULT_CPUS;
 use crate::experiment::schema::{DatasetParams, TrainParams};
 use crate::experiment::{Experiment, Loaded, StageParams};
 use crate::graph::StageError;
-use crate::graph::slurm::Request;
 use crate::model::config::ModelConfig;
+use crate::slurm::Request;
 use crate::train::seq_cls::PIXEL_CACHE_BYTES;
 
 /// Process baseline of a stage: the binary, tokenizer, records and allocator slack (a

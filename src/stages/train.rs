@@ -63,9 +63,6 @@ impl TrainStage {
                 p.tuner_type
             )));
         }
-        if p.lora_rank == 0 {
-            return Err(input("lora_rank must be at least 1"));
-        }
         if let Some(dir) = &p.output_dir {
             crate::export::output_dir::check_writable(Path::new(dir))
                 .map_err(|e| input(format!("output_dir: {e}")))?;
@@ -78,51 +75,10 @@ impl TrainStage {
                 ATTN_IMPLS.join(", ")
             )));
         }
-        if !(0.0..1.0).contains(&p.lora_dropout) {
-            return Err(input(format!(
-                "lora_dropout {} must be in [0, 1)",
-                p.lora_dropout
-            )));
-        }
-        if p.learning_rate.is_nan() || p.learning_rate <= 0.0 {
-            return Err(input(format!(
-                "learning_rate must be > 0 (got {})",
-                p.learning_rate
-            )));
-        }
-        for (name, v) in [
-            ("gradient_accumulation_steps", p.gradient_accumulation_steps),
-            ("per_device_train_batch_size", p.per_device_train_batch_size),
-            ("per_device_eval_batch_size", p.per_device_eval_batch_size),
-            ("save_steps", p.save_steps),
-            ("logging_steps", p.logging_steps),
-            ("nproc_per_node", p.nproc_per_node),
-        ] {
-            if v == 0 {
-                return Err(input(format!("{name} must be at least 1")));
-            }
-        }
-        if p.eval_steps == Some(0) {
-            return Err(input(
-                "eval_steps must be at least 1 (leave it out to evaluate only at the end)",
-            ));
-        }
-        if p.max_steps <= 0 && (p.num_train_epochs.is_nan() || p.num_train_epochs <= 0.0) {
-            return Err(input(format!(
-                "num_train_epochs must be > 0 (got {})",
-                p.num_train_epochs
-            )));
-        }
-        if !(0.0..=1.0).contains(&p.warmup_ratio) {
-            return Err(input(format!(
-                "warmup_ratio {} must be in [0, 1]",
-                p.warmup_ratio
-            )));
-        }
-        for (name, b) in [("adam_beta1", p.adam_beta1), ("adam_beta2", p.adam_beta2)] {
-            if !(0.0..1.0).contains(&b) {
-                return Err(input(format!("{name} {b} must be in [0, 1)")));
-            }
+        // The value ranges: the experiment file's own rules (one copy, for params built
+        // in code as well).
+        if let Some((_, msg)) = crate::experiment::train_value_problem(p) {
+            return Err(input(msg));
         }
         let schedule = ScheduleKind::parse(&p.lr_scheduler_type).ok_or_else(|| {
             input(format!(
@@ -156,11 +112,7 @@ impl TrainStage {
                 aligner: !p.freeze_aligner,
                 llm: !p.freeze_llm,
             },
-            RawTargets::One(re) => {
-                fancy_regex::Regex::new(re)
-                    .map_err(|e| input(format!("target_modules regex {re:?}: {e}")))?;
-                TargetSelector::Regex(re.clone())
-            }
+            RawTargets::One(re) => TargetSelector::Regex(re.clone()),
             RawTargets::List(names) => TargetSelector::Names(names.clone()),
         };
         let spec = TrainSpec {

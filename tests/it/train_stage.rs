@@ -147,20 +147,20 @@ fn trains_and_writes_every_artifact() {
 fn bad_params_are_one_line_input_errors() {
     let c = common(3, &fixtures().join("model"));
     let cases = [
-        ("lora_rank = 0", "lora_rank must be at least 1"),
+        ("lora_rank = 0", "lora_rank must be ≥ 1"),
         ("learning_rate = 0.0", "learning_rate must be > 0"),
         ("learning_rate = -1e-4", "learning_rate must be > 0"),
         (
             "gradient_accumulation_steps = 0",
-            "gradient_accumulation_steps must be at least 1",
+            "gradient_accumulation_steps must be ≥ 1",
         ),
         (
             "lr_scheduler_type = \"polynomial\"",
             "valid: cosine, linear, constant",
         ),
         ("metric_for_best_model = \"f1\"", "valid: loss, acc"),
-        ("eval_steps = 0", "eval_steps must be at least 1"),
-        ("target_modules = \"(unclosed\"", "target_modules regex"),
+        ("eval_steps = 0", "eval_steps must be ≥ 1"),
+        ("target_modules = \"(unclosed\"", "not a valid regex"),
     ];
     for (line, want) in cases {
         let m = input_error(TrainStage::new(params(line), &c));

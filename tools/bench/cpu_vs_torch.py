@@ -72,7 +72,12 @@ def torch(name, w, a):
 def dataset(a):
     exe = os.path.join(ROOT, 'target/release/examples/bench_dataset')
     out, _ = run([exe, '--repeat', '3'], a.lock)
-    rate = lambda key: float(next(l for l in out.splitlines() if l.startswith(key)).split(':')[1].split()[0])
+    def rate(key):
+        line = next((l for l in out.splitlines() if l.startswith(key)), None)
+        if line is None:
+            sys.exit(f'bench_dataset printed no "{key}" line (python baseline: pillow, qwen-vl-utils, '
+                     f'torchvision):\n{out[-2000:]}')
+        return float(line.split(':')[1].split()[0])
     return dict(ours=rate('rust dataset stage'), torch=rate('python'), resize=rate('rust decode+resize'), raw=out)
 
 
