@@ -234,14 +234,14 @@ pub fn train_value_problem(p: &TrainParams) -> Option<(&'static str, String)> {
                 .flatten()
         })
         .or_else(|| {
-            (!(p.weight_decay >= 0.0))
+            (p.weight_decay.is_nan() || p.weight_decay < 0.0)
                 .then(|| ("weight_decay", "weight_decay must be ≥ 0".to_string()))
         })
         .or_else(|| in_unit("adam_beta1", p.adam_beta1))
         .or_else(|| in_unit("adam_beta2", p.adam_beta2))
         .or_else(|| positive("adam_epsilon", p.adam_epsilon))
         .or_else(|| {
-            (!(p.max_grad_norm >= 0.0)).then(|| {
+            (p.max_grad_norm.is_nan() || p.max_grad_norm < 0.0).then(|| {
                 (
                     "max_grad_norm",
                     "max_grad_norm must be ≥ 0 (0 disables clipping)".to_string(),
