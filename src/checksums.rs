@@ -5,12 +5,29 @@
 //! describes data still in flight.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::manifest::MANIFEST;
-use crate::store::{Result, io};
+/// An I/O failure while sealing: what was being done to which file.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} {}", path.display())]
+pub struct SealError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+type Result<T> = std::result::Result<T, SealError>;
+
+fn io<T>(r: std::io::Result<T>, action: &'static str, path: &Path) -> Result<T> {
+    r.map_err(|source| SealError {
+        action,
+        path: path.to_path_buf(),
+        source,
+    })
+}
 
 /// One file of a sealed directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,15 +38,16 @@ pub struct FileSum {
     pub blake3: String,
 }
 
-/// Record, and fsync, every file under `dir` except a cache manifest (sorted by path).
-pub fn seal(dir: &Path) -> Result<Vec<FileSum>> {
+/// Record, and fsync, every file under `dir` (sorted by path) except the top-level names
+/// `skip` accepts (the record's own file: a cache entry's manifest).
+pub fn seal(dir: &Path, skip: &dyn Fn(&str) -> bool) -> Result<Vec<FileSum>> {
     let mut out = Vec::new();
-    walk(dir, "", &mut out)?;
+    walk(dir, "", skip, &mut out)?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
-fn walk(dir: &Path, rel: &str, out: &mut Vec<FileSum>) -> Result<()> {
+fn walk(dir: &Path, rel: &str, skip: &dyn Fn(&str) -> bool, out: &mut Vec<FileSum>) -> Result<()> {
     for e in io(std::fs::read_dir(dir), "list", dir)? {
         let e = io(e, "list", dir)?;
         let name = e.file_name().to_string_lossy().into_owned();
@@ -39,11 +57,11 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<FileSum>) -> Result<()> {
         } else {
             format!("{rel}/{name}")
         };
-        if rel.is_empty() && (name == MANIFEST || name.starts_with(&format!(".{MANIFEST}"))) {
+        if rel.is_empty() && skip(&name) {
             continue;
         }
         if io(std::fs::metadata(&path), "read", &path)?.is_dir() {
-            walk(&path, &rel_path, out)?;
+            walk(&path, &rel_path, skip, out)?;
         } else {
             let (size, blake3) = hash_and_sync(&path)?;
             out.push(FileSum {
@@ -137,13 +155,13 @@ mod tests {
         std::fs::create_dir_all(d.join("adapter")).unwrap();
         std::fs::write(d.join("train.jsonl"), "row\nrow\n").unwrap();
         std::fs::write(d.join("adapter/w.bin"), [1u8, 2, 3]).unwrap();
-        std::fs::write(d.join(MANIFEST), "{}").unwrap();
-        let a = seal(d).unwrap();
+        std::fs::write(d.join("manifest.json"), "{}").unwrap();
+        let a = seal(d, &|name| name == "manifest.json").unwrap();
         let paths: Vec<&str> = a.iter().map(|a| a.path.as_str()).collect();
         assert_eq!(
             paths,
             ["adapter/w.bin", "train.jsonl"],
-            "cache manifest left out"
+            "the skipped name left out"
         );
         assert_eq!(a[0].size, 3);
         assert_eq!(a[0].blake3, blake3::hash(&[1, 2, 3]).to_hex().to_string());

@@ -138,15 +138,10 @@ pub fn forward_flops(
     step_flops(cfg, grid, seq, r, vit_lora, num_labels).forward
 }
 
-/// Parameters of the base classifier (no adapters, no `lm_head`, score with 11 labels):
-/// sizes host-memory checks before a model is built.
-pub fn param_count(cfg: &ModelConfig) -> usize {
-    crate::model::footprint::backbone_params(cfg) as usize + 11 * cfg.text.hidden_size
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::footprint::param_count;
     use crate::model::presets::preset_config;
 
     #[test]

@@ -251,7 +251,8 @@ fn check_host_memory(args: &BenchArgs, dtype: DType) -> Result<(), BenchError> {
         return Ok(());
     };
     let cfg = crate::model::presets::preset_config(name)?.with_depth(args.depth)?;
-    let bytes = flops::param_count(&cfg) as f64 * if dtype == DType::F32 { 4.0 } else { 2.0 };
+    let bytes = crate::model::footprint::param_count(&cfg) as f64
+        * if dtype == DType::F32 { 4.0 } else { 2.0 };
     let avail = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| kb_field(&m, "MemAvailable:"))

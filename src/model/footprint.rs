@@ -118,6 +118,12 @@ pub fn linear_shapes(cfg: &ModelConfig) -> Vec<LinearShape> {
     out
 }
 
+/// Parameters of the base classifier (no adapters, no `lm_head`, score with 11 labels):
+/// sizes host-memory checks before a model is built.
+pub fn param_count(cfg: &ModelConfig) -> usize {
+    backbone_params(cfg) as usize + 11 * cfg.text.hidden_size
+}
+
 /// Parameters of the backbone as loaded (no `lm_head`, no `score`).
 pub fn backbone_params(cfg: &ModelConfig) -> u64 {
     let (v, t) = (&cfg.vision, &cfg.text);

@@ -19,12 +19,12 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::bench::flops::param_count;
 use crate::experiment::cluster::DEFAULT_CPUS;
 use crate::experiment::schema::{DatasetParams, TrainParams};
 use crate::experiment::{Experiment, Loaded, StageParams};
 use crate::graph::StageError;
 use crate::model::config::ModelConfig;
+use crate::model::footprint::param_count;
 use crate::slurm::Request;
 use crate::train::seq_cls::PIXEL_CACHE_BYTES;
 

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::manifest::Manifest;
+use super::manifest::{Manifest, is_manifest_file};
 use super::{Result, Store, io};
 use crate::checksums::{check_sizes, seal};
 
@@ -73,7 +73,7 @@ impl Store {
     pub fn publish(&self, partial: &Path, manifest: &Manifest) -> Result<PathBuf> {
         let target = self.entry_dir(&manifest.kind, &manifest.key);
         let manifest = Manifest {
-            artifacts: seal(partial)?,
+            artifacts: seal(partial, &is_manifest_file)?,
             ..manifest.clone()
         };
         manifest.write(partial)?;

@@ -12,6 +12,12 @@ use super::{Result, io};
 use crate::checksums::FileSum;
 
 pub const MANIFEST: &str = "manifest.json";
+
+/// An entry's manifest, or its temp file while it is written (`.manifest.json…`): the files
+/// of an entry its record leaves out.
+pub fn is_manifest_file(name: &str) -> bool {
+    name == MANIFEST || name.starts_with(&format!(".{MANIFEST}"))
+}
 const SCHEMA: u32 = 2;
 
 /// One input file's digest.

@@ -47,6 +47,16 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+impl From<crate::checksums::SealError> for StoreError {
+    fn from(e: crate::checksums::SealError) -> Self {
+        StoreError::Io {
+            action: e.action,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 /// Attach a path and an action to an I/O error.
 pub(crate) fn io<T>(r: std::io::Result<T>, action: &'static str, path: &Path) -> Result<T> {
     r.map_err(|source| StoreError::Io {

@@ -9,7 +9,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::checkpoint::{TrainerState, dir_name};
+use super::trainer_state::{TrainerState, dir_name};
 
 /// The `stateful_callbacks` entry holding our resume state.
 pub const RESUME_CALLBACK: &str = "PipelineResume";

@@ -29,6 +29,7 @@ pub mod shards;
 pub mod spread;
 pub mod tensorboard;
 pub mod trainer;
+pub mod trainer_state;
 
 pub use classifier::{Classifier, InMemorySet, PeftState, SampleSet};
 pub use trainer::{RunOptions, TrainOutcome, TrainSpec, train, train_replicated};
