@@ -7,7 +7,7 @@
 //! cut to 2 layers + 4 ViT blocks that was ~18 s of system time in a 50 s step and 16% of
 //! all samples in the kernel's page clearing. Serving them from the heap, and keeping freed
 //! heap memory instead of trimming it back, lets the next step reuse the same pages:
-//! measured 50.3 → 43.9 s per train step (peak RSS 6.04 → 6.23 GB; see docs/DEVICE.md).
+//! measured 50.3 → 43.9 s per train step (peak RSS 6.04 → 6.23 GB; docs/MEMORY.md).
 //! The peak stays what the step needs; the process just does not hand it back between
 //! steps.
 
