@@ -371,7 +371,7 @@ impl<B: AutodiffBackend> SeqClassifier<B> {
         })
     }
 
-    /// [`Self::segmented_pass`] inside a dropout stream.
+    /// The segments of [`Self::segmented_pass`], in the caller's dropout stream.
     fn segments(
         &self,
         inputs: &ModelInputs<Inner<B>>,

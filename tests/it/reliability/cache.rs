@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::{BASE, entry, pipeline, planned_entry, project, set_mtime};
+use super::{BASE, entry, pipeline, planned_entry, project, set_mtime, train_partial};
 
 fn manifest(entry: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(entry.join("manifest.json")).unwrap()).unwrap()
@@ -128,18 +128,7 @@ fn gc_keeps_an_interrupted_trainings_checkpoints_unless_asked() {
     let p = project(BASE);
     let stop = [("PIPELINE_TRAIN_INTERRUPT_AFTER_STEPS", "1")];
     pipeline(p.path(), &["run", "exp.toml"], &stop, 1);
-    let partials = p.path().join("runs/cache/.partial");
-    let partial = std::fs::read_dir(&partials)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|d| {
-            d.is_dir()
-                && d.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with("train-")
-        })
-        .expect("a train partial");
+    let partial = train_partial(p.path());
     assert!(partial.join("checkpoint-1").is_dir());
     let out = pipeline(p.path(), &["gc"], &[], 0);
     let name = partial.file_name().unwrap().to_string_lossy().into_owned();
