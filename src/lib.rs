@@ -26,4 +26,6 @@ pub mod slurm;
 pub mod stages;
 pub mod store;
 pub mod task;
+#[doc(hidden)]
+pub mod testkit;
 pub mod train;

@@ -28,6 +28,4 @@ pub use plan::{Plan, PlanNode, PlanStage, PlanVariant, StageFactory, StageUse};
 pub use stage::{CacheHit, Stage, StageContext, StageError, Upstream};
 
 #[cfg(test)]
-mod testkit;
-#[cfg(test)]
 mod tests;

@@ -7,11 +7,11 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressDrawTarget};
 
 use super::explain::{Status, explain};
-use super::testkit::{Behavior, Kit};
 use super::*;
 use crate::experiment::tests::{BASE, project};
 use crate::experiment::{Loaded, Variant, load};
 use crate::store::{Lookup, Manifest, Store};
+use crate::testkit::{Behavior, Kit};
 
 struct Env {
     dir: tempfile::TempDir,

@@ -8,43 +8,51 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{EXPERIMENT, factory, project, runs_of};
+use common::{EXPERIMENT, project};
 use indicatif::{MultiProgress, ProgressDrawTarget};
 use pipeline::experiment::{Variant, load};
 use pipeline::graph::devices::no_gpus;
 use pipeline::graph::{Plan, RunOptions, RunReport, execute, explain};
 use pipeline::report::sweep_summary::sweep_summary;
 use pipeline::store::{KeyLock, Lookup, Store};
+use pipeline::testkit::{Behavior, Kit};
 
 fn quiet() -> MultiProgress {
     MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
 }
 
-/// Load `dir/exp.toml`, plan it with fake stages (`slow` sleeps `sleep`), optionally run.
-fn plan_text(dir: &Path) -> String {
+/// `dir/exp.toml` planned with stand-in stages.
+fn plan(dir: &Path, kit: &Kit) -> (Plan, Store) {
     let loaded = load(&dir.join("exp.toml")).unwrap();
     let variants: Vec<&Variant> = loaded.variants.iter().collect();
     let store = Store::new(dir.join("runs"));
-    let f = factory(dir.join("log"), "", Duration::ZERO);
-    let plan = Plan::build(loaded.name(), &variants, &[], no_gpus, &store, &f).unwrap();
-    explain::render(&plan, &explain::explain(&plan, &store))
-}
-
-fn run(dir: &Path, slow: &str, sleep: Duration) -> RunReport {
-    let loaded = load(&dir.join("exp.toml")).unwrap();
-    let variants: Vec<&Variant> = loaded.variants.iter().collect();
-    let store = Store::new(dir.join("runs"));
-    let f = factory(dir.join("log"), slow, sleep);
+    let devices = &loaded.base.devices;
     let plan = Plan::build(
         loaded.name(),
         &variants,
-        &loaded.base.devices,
+        devices,
         no_gpus,
         &store,
-        &f,
-    )
-    .unwrap();
+        &*kit.factory(),
+    );
+    (plan.unwrap(), store)
+}
+
+fn plan_text(dir: &Path) -> String {
+    let (plan, store) = plan(dir, &Kit::new(dir));
+    explain::render(&plan, &explain::explain(&plan, &store))
+}
+
+/// Run `dir/exp.toml` with stand-in stages; stage `slow` sleeps `sleep` first.
+fn run(dir: &Path, slow: &str, sleep: Duration) -> RunReport {
+    let kit = Kit::new(dir).with(slow, Behavior::Sleep(sleep));
+    let (plan, store) = plan(dir, &kit);
     execute(&plan, &store, &RunOptions::default(), &quiet()).unwrap()
+}
+
+/// How many times stage `stage` of `dir`'s experiment ran, across processes.
+fn runs_of(dir: &Path, stage: &str) -> usize {
+    Kit::new(dir).count(stage)
 }
 
 #[test]
@@ -85,7 +93,7 @@ fn plan_explains_and_reruns_are_cached() {
     );
     let r = run(p.path(), "", Duration::ZERO);
     assert_eq!((r.computed.len(), r.cached), (2, 1));
-    assert_eq!(runs_of(&p.path().join("log"), "data"), 1);
+    assert_eq!(runs_of(p.path(), "data"), 1);
 }
 
 #[test]
@@ -248,10 +256,7 @@ fn a_killed_stage_leaves_no_entry_and_no_lock() {
     child.kill().unwrap();
     child.wait().unwrap();
     let key_of_data = {
-        let loaded = load(&p.path().join("exp.toml")).unwrap();
-        let variants: Vec<&Variant> = loaded.variants.iter().collect();
-        let f = factory(p.path().join("log"), "", Duration::ZERO);
-        let plan = Plan::build(loaded.name(), &variants, &[], no_gpus, &store, &f).unwrap();
+        let (plan, _) = plan(p.path(), &Kit::new(p.path()));
         plan.graph
             .node_weights()
             .find(|n| n.kind == "dataset")
@@ -297,18 +302,11 @@ fn two_processes_compute_a_shared_entry_once() {
     for mut c in children {
         assert!(c.wait().unwrap().success(), "both runs succeed");
     }
-    let log = p.path().join("log");
     for s in ["data", "train", "score"] {
         assert_eq!(
-            runs_of(&log, s),
+            runs_of(p.path(), s),
             1,
             "{s} computed once across two processes"
         );
     }
-    let pids: std::collections::BTreeSet<String> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| l.split(' ').nth(1).unwrap().to_string())
-        .collect();
-    assert!(!pids.is_empty());
 }

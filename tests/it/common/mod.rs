@@ -1,14 +1,11 @@
 //! Shared helpers for the integration tests: a project folder with an experiment file
-//! and data, and a stand-in stage kind for driving the runner without model code.
+//! and data, and the `pipeline` binary run in it. (The stand-in stage kind for driving
+//! the runner without model code is the crate's `pipeline::testkit`.)
 #![allow(dead_code)]
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use pipeline::experiment::{Common, StageParams, StageSpec};
-use pipeline::graph::{Stage, StageContext, StageError};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 pub const EXPERIMENT: &str = r#"name = "demo"
 seed = 7
@@ -67,129 +64,6 @@ pub fn shapes11_slice(dir: &Path, splits: &[(&str, usize)]) {
         }
         std::fs::write(dir.join(format!("data/{split}.jsonl")), out).unwrap();
     }
-}
-
-/// Stand-in stage: logs each run to `log`, writes its params (and, for train, a
-/// `logging.jsonl`; for score, a `metrics.json` derived from them), optionally sleeping
-/// first and touching `started` so a test can kill it mid-run.
-pub struct FakeStage {
-    pub kind: &'static str,
-    pub params: Value,
-    pub inputs: Vec<PathBuf>,
-    pub log: PathBuf,
-    pub sleep: Duration,
-}
-
-impl Stage for FakeStage {
-    fn kind(&self) -> &'static str {
-        self.kind
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn params(&self) -> Value {
-        self.params.clone()
-    }
-    /// As the real stage kinds that run the model.
-    fn uses_device(&self) -> bool {
-        matches!(self.kind, "train" | "export" | "score")
-    }
-    fn input_files(&self) -> Result<Vec<PathBuf>, StageError> {
-        Ok(self.inputs.clone())
-    }
-    fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        // One write per line: concurrent stages' `writeln!` pieces could interleave.
-        let line = format!("{} {}\n", ctx.name, std::process::id());
-        log.write_all(line.as_bytes()).unwrap();
-        std::fs::write(ctx.out_dir.join("started"), "").unwrap();
-        std::thread::sleep(self.sleep);
-        std::fs::write(ctx.out_dir.join("params.json"), self.params.to_string()).unwrap();
-        // A made-up loss that depends on the swept values, so summaries can be sorted.
-        let r = self.params["lora_rank"].as_f64().unwrap_or(0.0);
-        let lr = self.params["learning_rate"].as_f64().unwrap_or(0.0);
-        let loss = 1.0 / (1.0 + r) + lr * 1e3;
-        if self.kind == "train" {
-            let lines = [
-                json!({"loss": 2.0, "global_step/max_steps": "1/2"}),
-                json!({"eval_loss": loss + 0.5, "eval_acc": 0.1, "eval_runtime": 1.0}),
-                json!({"eval_loss": loss, "eval_acc": 1.0 - loss, "eval_runtime": 1.0}),
-                json!({"best_metric": loss}),
-            ];
-            let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-            std::fs::write(ctx.out_dir.join("logging.jsonl"), text).unwrap();
-        }
-        if self.kind == "score" {
-            let up = ctx
-                .upstream_of_kind("train")
-                .map(|u| u.dir.join("logging.jsonl"));
-            let acc = if up.is_some_and(|p| p.exists()) {
-                0.9
-            } else {
-                0.0
-            };
-            std::fs::write(
-                ctx.out_dir.join("metrics.json"),
-                json!({"acc": acc, "macro_f1": acc, "confusion": [[1]]}).to_string(),
-            )
-            .unwrap();
-        }
-        Ok(())
-    }
-}
-
-/// A factory for `Plan::build` making `FakeStage`s; `sleep` applies to stage `slow`.
-pub fn factory(
-    log: PathBuf,
-    slow: &str,
-    sleep: Duration,
-) -> impl Fn(&StageSpec, &Common) -> Result<Box<dyn Stage>, StageError> + Sync {
-    let slow = slow.to_string();
-    move |spec: &StageSpec, _common: &Common| {
-        let (kind, params, inputs): (&'static str, Value, Vec<PathBuf>) = match &spec.params {
-            StageParams::Dataset(p) => (
-                "dataset",
-                json!({"dataset": p.dataset, "val_dataset": p.val_dataset}),
-                p.dataset
-                    .iter()
-                    .chain(&p.val_dataset)
-                    .map(PathBuf::from)
-                    .collect(),
-            ),
-            StageParams::Train(p) => (
-                "train",
-                json!({"lora_rank": p.lora_rank, "learning_rate": p.learning_rate}),
-                vec![],
-            ),
-            StageParams::Export(p) => ("export", json!({"checkpoint": p.checkpoint}), vec![]),
-            StageParams::Score(p) => ("score", json!({"split": p.split}), vec![]),
-        };
-        let sleep = if spec.name == slow {
-            sleep
-        } else {
-            Duration::ZERO
-        };
-        Ok(Box::new(FakeStage {
-            kind,
-            params,
-            inputs,
-            log: log.clone(),
-            sleep,
-        }) as Box<dyn Stage>)
-    }
-}
-
-/// Lines of the run log naming `stage`.
-pub fn runs_of(log: &Path, stage: &str) -> usize {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.split(' ').next() == Some(stage))
-        .count()
 }
 
 /// The `pipeline` binary, run in `dir` with a scrubbed environment.

@@ -1,6 +1,9 @@
-//! A test-only stage kind standing in for the real ones: it records each run in a log
-//! file (so tests count computations), writes its params and its upstreams' outputs to
-//! `out.txt`, and can fail, panic, sleep or resume on request.
+//! A stage kind standing in for the real ones, for tests of the runner (the crate's own
+//! and `tests/it`): it records each run in a log file (so tests count computations and
+//! see the devices and threads it got), writes its params and its upstreams' outputs to
+//! `out.txt`, the files a sweep summary reads (a train stage's `logging.jsonl` with a
+//! made-up loss of its swept values, a score stage's `metrics.json`), and can fail, panic,
+//! sleep or resume on request. Public so the integration tests share it; not an API.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -10,12 +13,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::plan::StageFactory;
-use super::stage::{Stage, StageContext, StageError};
 use crate::experiment::{Common, StageParams, StageSpec};
+use crate::graph::{Stage, StageContext, StageError, StageFactory};
 
 #[derive(Debug, Clone)]
-pub(crate) enum Behavior {
+pub enum Behavior {
     Ok,
     Fail,
     Panic,
@@ -25,7 +27,7 @@ pub(crate) enum Behavior {
     FailOnceThenResume,
 }
 
-pub(crate) struct TestStage {
+pub struct TestStage {
     kind: &'static str,
     params: Value,
     inputs: Vec<PathBuf>,
@@ -85,6 +87,8 @@ impl Stage for TestStage {
         };
         let line = format!("{stage} {devices} {threads}\n");
         log.write_all(line.as_bytes()).unwrap();
+        // For tests that kill the process mid-stage.
+        std::fs::write(ctx.out_dir.join("started"), "").unwrap();
         let mut out = format!("{}\n", self.params);
         for (need, up) in ctx.inputs {
             let text = std::fs::read_to_string(up.dir.join("out.txt"))
@@ -114,6 +118,9 @@ impl Stage for TestStage {
                 }
             }
         };
+        if result.is_ok() {
+            self.write_outputs(ctx)?;
+        }
         self.spans
             .lock()
             .unwrap()
@@ -122,8 +129,48 @@ impl Stage for TestStage {
     }
 }
 
+impl TestStage {
+    /// `params.json`, and what a sweep summary reads: a train stage's `logging.jsonl` with
+    /// a loss that depends on the swept values (so summaries can be sorted), a score
+    /// stage's `metrics.json` (accuracy 0.9 when a train upstream logged, else 0).
+    fn write_outputs(&self, ctx: &StageContext) -> Result<(), StageError> {
+        let write = |name: &str, text: String| {
+            std::fs::write(ctx.out_dir.join(name), text).map_err(|e| StageError::Failed(e.into()))
+        };
+        write("params.json", self.params.to_string())?;
+        match self.kind {
+            "train" => {
+                let r = self.params["lora_rank"].as_f64().unwrap_or(0.0);
+                let lr = self.params["learning_rate"].as_f64().unwrap_or(0.0);
+                let loss = 1.0 / (1.0 + r) + lr * 1e3;
+                let lines = [
+                    json!({"loss": 2.0, "global_step/max_steps": "1/2"}),
+                    json!({"eval_loss": loss + 0.5, "eval_acc": 0.1, "eval_runtime": 1.0}),
+                    json!({"eval_loss": loss, "eval_acc": 1.0 - loss, "eval_runtime": 1.0}),
+                    json!({"best_metric": loss}),
+                ];
+                write(
+                    "logging.jsonl",
+                    lines.iter().map(|l| format!("{l}\n")).collect(),
+                )
+            }
+            "score" => {
+                let trained = ctx
+                    .upstream_of_kind("train")
+                    .is_some_and(|u| u.dir.join("logging.jsonl").exists());
+                let acc = if trained { 0.9 } else { 0.0 };
+                write(
+                    "metrics.json",
+                    json!({"acc": acc, "macro_f1": acc, "confusion": [[1]]}).to_string(),
+                )
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Builds test stages from real validated specs; `behaviors` by stage name.
-pub(crate) struct Kit {
+pub struct Kit {
     pub log: PathBuf,
     pub behaviors: BTreeMap<String, Behavior>,
     pub spans: Arc<Mutex<Vec<(String, Instant, Instant)>>>,
