@@ -18,31 +18,33 @@ use std::time::Instant;
 use indicatif::{MultiProgress, ProgressDrawTarget};
 use pipeline::data::build::{BuildOptions, SplitSource, Truncation, load_resized, resolve};
 use pipeline::data::label::LabelSpec;
-use pipeline::experiment::schema::{Common, DatasetParams, ModelSpec, TaskSpec};
+use pipeline::experiment::schema::{Common, DatasetParams, ModelSpec};
 use pipeline::graph::{Stage, StageContext};
 use pipeline::stages::dataset::DatasetStage;
 use pipeline::task::ProblemType;
 use rayon::prelude::*;
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("a number"))
-        .unwrap_or(default)
-}
-
-/// `--out DIR`: where the stage's entries are written.
-fn out_arg() -> Option<std::path::PathBuf> {
-    let args: Vec<String> = std::env::args().collect();
-    let i = args.iter().position(|a| a == "--out")?;
-    args.get(i + 1).map(std::path::PathBuf::from)
+/// Images/second of the dataset stage against qwen-vl-utils + PIL on shapes11.
+#[derive(clap::Parser)]
+struct Args {
+    /// Qwen's MAX_PIXELS for the smart resize.
+    #[arg(long, default_value_t = 1_003_520)]
+    max_pixels: u64,
+    /// Runs of each measurement (the best counts).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Where the stage's entries are written (default: a folder in /dev/shm, else the
+    /// system's temp folder).
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
-    let max_pixels = arg("--max-pixels", 1_003_520);
-    let repeat = arg("--repeat", 3) as usize;
+    let Args {
+        max_pixels,
+        repeat,
+        out,
+    } = clap::Parser::parse();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let data = root.join("datasets/shapes11");
     let sources = vec![
@@ -91,22 +93,7 @@ fn main() -> anyhow::Result<()> {
     params.val_dataset = Some(sources[1].path.display().to_string());
     params.max_pixels = max_pixels;
     params.max_length = 1 << 20;
-    let common = Common {
-        model: ModelSpec {
-            preset: Some("tiny".into()),
-            path: None,
-            model: None,
-            torch_dtype: "float32".into(),
-            device: "cpu".into(),
-        },
-        task: TaskSpec {
-            task_type: "seq_cls".into(),
-            num_labels: 11,
-            problem_type: None,
-            labels: None,
-        },
-        seed: 42,
-    };
+    let common = Common::for_model(ModelSpec::cpu_f32(Some("tiny"), None), 11);
     let stage = DatasetStage::new(params, &common)?;
     let progress = MultiProgress::with_draw_target(ProgressDrawTarget::hidden());
     let inputs = BTreeMap::new();
@@ -119,7 +106,7 @@ fn main() -> anyhow::Result<()> {
     // file system the time to create 880 files depends on its history more than on us:
     // after many benchmark runs ext4's inode allocator scans past the inodes it freed
     // (`recently_deleted`), which made the same stage 4x slower (0.19 s → 0.76 s here).
-    let out_root = out_arg().or_else(|| {
+    let out_root = out.or_else(|| {
         let shm = std::path::PathBuf::from("/dev/shm");
         shm.is_dir().then_some(shm)
     });

@@ -329,23 +329,24 @@ fn run_on<B: Backend>(
         MemProbe::Cpu => "flex",
         MemProbe::Cuda(_) => "cuda",
     };
+    // The same sample for both phases (it depends on the model's config only).
+    let run = |cfg: &crate::model::config::ModelConfig| Run::<B> {
+        args,
+        dtype,
+        device,
+        mem,
+        backend,
+        device_name: name.clone(),
+        sample: bench_sample(cfg, args.pixels, args.text_tokens, args.seed),
+        shards,
+        spread,
+    };
     let mut out = Vec::new();
     let mut eval_model: Option<SeqClassifier<B>> = None;
     if args.mode.train() {
         type AB<B> = Autodiff<B>;
         let model = bench_model::<AB<B>>(&args.model, args.depth, dtype, &spec, args.seed, device)?;
-        let run = Run::<B> {
-            args,
-            dtype,
-            device,
-            mem,
-            backend,
-            device_name: name.clone(),
-            sample: bench_sample(model.config(), args.pixels, args.text_tokens, args.seed),
-            shards,
-            spread,
-        };
-        let (model, result) = run.train(model, devices)?;
+        let (model, result) = run(model.config()).train(model, devices)?;
         out.push(result);
         if args.mode.eval() {
             eval_model = Some(model.valid());
@@ -357,17 +358,7 @@ fn run_on<B: Backend>(
             Some(m) => m,
             None => bench_model::<B>(&args.model, args.depth, dtype, &spec, args.seed, device)?,
         };
-        let run = Run::<B> {
-            args,
-            dtype,
-            device,
-            mem,
-            backend,
-            device_name: name,
-            sample: bench_sample(model.config(), args.pixels, args.text_tokens, args.seed),
-            shards,
-            spread,
-        };
+        let run = run(model.config());
         out.push(run.eval(model)?);
     }
     Ok(out)
@@ -599,12 +590,7 @@ pub fn bench_train_spec(seed: u64, shards: usize) -> TrainSpec {
         learning_rate: LR,
         warmup_steps: 0,
         warmup_ratio: 0.0,
-        adamw: AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-        },
+        adamw: AdamWConfig::SWIFT,
         max_grad_norm: 1.0,
         eval_steps: None,
         save_steps: 500,

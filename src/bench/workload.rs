@@ -78,16 +78,10 @@ pub fn bench_sample(
 /// The baseline's adapters: r = alpha, dropout 0.05, every LLM linear and (unless the ViT is
 /// frozen) every ViT block linear; merger frozen, score trained.
 pub fn lora_spec(rank: usize, freeze_vit: bool) -> LoraSpec {
+    let targets = TargetSelector::all_linear(!freeze_vit, false, true);
     LoraSpec {
-        r: rank,
-        alpha: rank as f64,
         dropout: 0.05,
-        use_rslora: false,
-        targets: TargetSelector::AllLinear {
-            vit: !freeze_vit,
-            aligner: false,
-            llm: true,
-        },
+        ..LoraSpec::new(rank, rank as f64, targets)
     }
 }
 

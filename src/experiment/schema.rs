@@ -48,6 +48,19 @@ pub struct ModelSpec {
     pub device: String,
 }
 
+impl ModelSpec {
+    /// The built-in `preset`, or with `path` a model directory, in float32 on the CPU.
+    pub fn cpu_f32(preset: Option<&str>, path: Option<&std::path::Path>) -> ModelSpec {
+        ModelSpec {
+            preset: preset.map(str::to_string),
+            path: path.map(|p| p.display().to_string()),
+            model: None,
+            torch_dtype: "float32".into(),
+            device: "cpu".into(),
+        }
+    }
+}
+
 fn default_dtype() -> String {
     "bfloat16".into()
 }
@@ -357,4 +370,21 @@ pub struct Common {
     pub model: ModelSpec,
     pub task: TaskSpec,
     pub seed: u64,
+}
+
+impl Common {
+    /// A `seq_cls` task of `num_labels` (problem type as ms-swift infers it) on `model`,
+    /// seed 42: what tools and tests that run a stage without an experiment file start from.
+    pub fn for_model(model: ModelSpec, num_labels: usize) -> Common {
+        Common {
+            model,
+            task: TaskSpec {
+                task_type: default_task_type(),
+                num_labels,
+                problem_type: None,
+                labels: None,
+            },
+            seed: 42,
+        }
+    }
 }

@@ -63,11 +63,7 @@ impl Source {
         path: &[&str],
         message: impl Into<String>,
     ) -> ExperimentError {
-        ExperimentError::Invalid {
-            location: self.value_location(root, path),
-            key: path.join("."),
-            message: message.into(),
-        }
+        invalid_error(self.value_location(root, path), path, message)
     }
 
     /// An `Invalid` error located at the key of `path`.
@@ -77,11 +73,7 @@ impl Source {
         path: &[&str],
         message: impl Into<String>,
     ) -> ExperimentError {
-        ExperimentError::Invalid {
-            location: self.key_location(root, path),
-            key: path.join("."),
-            message: message.into(),
-        }
+        invalid_error(self.key_location(root, path), path, message)
     }
 
     /// An `Invalid` error at an explicit span.
@@ -96,6 +88,15 @@ impl Source {
             key: key.to_string(),
             message: message.into(),
         }
+    }
+}
+
+/// An `Invalid` error at `location` for the dotted key of `path`.
+fn invalid_error(location: Location, path: &[&str], message: impl Into<String>) -> ExperimentError {
+    ExperimentError::Invalid {
+        location,
+        key: path.join("."),
+        message: message.into(),
     }
 }
 

@@ -18,11 +18,7 @@ impl<'a> Progress<'a> {
 
     /// Print one line above the bars.
     pub fn line(&self, msg: &str) {
-        if self.multi.is_hidden() {
-            eprintln!("{msg}");
-        } else {
-            let _ = self.multi.println(msg);
-        }
+        print_above(self.multi, msg);
     }
 
     /// A spinner showing elapsed time while a stage runs (finish with `finish_and_clear`).
@@ -34,6 +30,16 @@ impl<'a> Progress<'a> {
         bar.set_message(msg);
         bar.enable_steady_tick(Duration::from_millis(200));
         bar
+    }
+}
+
+/// Print `text` above the progress bars, or on stderr when the bars are hidden (stderr is
+/// not a terminal: `MultiProgress::println` drops lines then, and logs should keep them).
+pub fn print_above(multi: &MultiProgress, text: &str) {
+    if multi.is_hidden() {
+        eprintln!("{text}");
+    } else {
+        let _ = multi.println(text);
     }
 }
 

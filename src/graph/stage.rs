@@ -40,7 +40,20 @@ impl StageContext<'_> {
     /// Print a message line: above the bars on a terminal, else straight to stderr (a
     /// hidden `MultiProgress` drops `println`, and slurm logs should keep these lines).
     pub fn say(&self, msg: impl AsRef<str>) {
-        crate::report::table::print_above(self.progress, msg.as_ref());
+        super::progress::print_above(self.progress, msg.as_ref());
+    }
+
+    /// A bar for the stage's own progress, added to the run's bars: `{prefix} [===>  ]
+    /// {pos}/{len} ` then `tail` (more of an indicatif template, e.g.
+    /// `images ({per_sec}, eta {eta})`). Hidden, like the rest, without a terminal.
+    pub fn bar(&self, len: u64, prefix: String, tail: &str) -> indicatif::ProgressBar {
+        let bar = self.progress.add(indicatif::ProgressBar::new(len));
+        let template = format!("{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {tail}");
+        let style = indicatif::ProgressStyle::with_template(&template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style.progress_chars("=> "));
+        bar.set_prefix(prefix);
+        bar
     }
 
     /// The single upstream of `kind`, if any (e.g. the dataset a train stage needs).
@@ -57,6 +70,13 @@ pub struct CacheHit<'a> {
     /// The complete cache entry.
     pub entry: &'a Path,
     pub progress: &'a indicatif::MultiProgress,
+}
+
+impl CacheHit<'_> {
+    /// Print a message line, as [`StageContext::say`].
+    pub fn say(&self, msg: impl AsRef<str>) {
+        super::progress::print_above(self.progress, msg.as_ref());
+    }
 }
 
 /// Failure of a stage: bad user input (exit 2) or a runtime failure (exit 1).

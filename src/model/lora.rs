@@ -301,7 +301,25 @@ pub struct LoraSpec {
     pub targets: TargetSelector,
 }
 
+impl TargetSelector {
+    /// ms-swift `all-linear` over the chosen parts.
+    pub fn all_linear(vit: bool, aligner: bool, llm: bool) -> TargetSelector {
+        TargetSelector::AllLinear { vit, aligner, llm }
+    }
+}
+
 impl LoraSpec {
+    /// Plain LoRA (no dropout, no rsLoRA) of rank `r` scaled by `alpha / r` on `targets`.
+    pub fn new(r: usize, alpha: f64, targets: TargetSelector) -> LoraSpec {
+        LoraSpec {
+            r,
+            alpha,
+            dropout: 0.0,
+            use_rslora: false,
+            targets,
+        }
+    }
+
     /// `alpha / r`, or `alpha / √r` with rsLoRA.
     pub fn scaling(&self) -> f64 {
         if self.use_rslora {

@@ -69,16 +69,6 @@ fn per_class(out: &mut String, stats: &[ClassStats], names: Option<&[String]>) {
     }
 }
 
-/// Print `text` above the progress bars (on stderr when the bars are hidden, e.g. when
-/// stderr is not a terminal: `MultiProgress::println` drops lines then).
-pub fn print_above(progress: &indicatif::MultiProgress, text: &str) {
-    if progress.is_hidden() {
-        eprintln!("{text}");
-    } else {
-        let _ = progress.println(text);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::metrics::single_label;

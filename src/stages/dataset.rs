@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::data::{
@@ -151,17 +150,11 @@ impl Stage for DatasetStage {
             load_tokenizer(&self.model).map_err(|e| StageError::Input(e.to_string()))?;
         SpecialTokens::from_tokenizer(&tokenizer).map_err(|e| StageError::Input(e.to_string()))?;
         let resolved = resolve(&self.sources, &self.opts.labels).map_err(input_error)?;
-        let bar = ctx
-            .progress
-            .add(ProgressBar::new(resolved.images.len() as u64));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} images ({per_sec}, eta {eta})",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
+        let bar = ctx.bar(
+            resolved.images.len() as u64,
+            format!("{}: decode+resize", ctx.name),
+            "images ({per_sec}, eta {eta})",
         );
-        bar.set_prefix(format!("{}: decode+resize", ctx.name));
         let stats = build_dataset(&resolved, &self.opts, &tokenizer, ctx.out_dir, &bar);
         bar.finish_and_clear();
         let stats = stats.map_err(input_error)?;

@@ -5,6 +5,8 @@ use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 
 use crate::backend::{CpuBackend, CudaBackend, DeviceKind, resolve_device};
+use crate::experiment::Common;
+use crate::export::source::model_dtype;
 use crate::graph::{StageContext, StageError};
 
 /// A stage body generic over the backend it computes on.
@@ -38,9 +40,18 @@ fn compute_dtype(on_cpu: bool, dtype: DType, cpu: CpuDtype) -> DType {
     }
 }
 
+/// The Burn dtype of the experiment's `torch_dtype` (`export::source::model_dtype` is the
+/// one mapping; plan-time checks have already rejected a bad value).
+pub(crate) fn model_dtype_of(common: &Common) -> Result<DType, StageError> {
+    model_dtype(&common.model.torch_dtype)
+        .map(|(dtype, _)| dtype)
+        .map_err(StageError::Input)
+}
+
 /// `Stage::device_key` of a model stage: the device kind and the dtype it computes in there
 /// (a bfloat16 experiment trains in float32 on the CPU and in bfloat16 on a GPU).
-pub(crate) fn device_key(device_kind: &str, dtype: DType, cpu: CpuDtype) -> serde_json::Value {
+pub(crate) fn device_key(common: &Common, device_kind: &str, cpu: CpuDtype) -> serde_json::Value {
+    let dtype = model_dtype_of(common).unwrap_or(DType::F32);
     let name = match compute_dtype(device_kind == "cpu", dtype, cpu) {
         DType::BF16 => "bfloat16",
         DType::F16 => "float16",
@@ -49,15 +60,17 @@ pub(crate) fn device_key(device_kind: &str, dtype: DType, cpu: CpuDtype) -> serd
     serde_json::json!({ "device": device_kind, "compute_dtype": name })
 }
 
-/// Resolve `setting` (the scheduler's pins in `ctx.devices` win), say what was chosen, and
-/// run `job` on that backend, with every pinned device.
+/// Resolve the `[model] device` setting (the scheduler's pins in `ctx.devices` win), say
+/// what was chosen, and run `job` on that backend, with every pinned device, in the dtype
+/// `cpu` picks from `torch_dtype`.
 pub(crate) fn run_on_device(
     job: &impl OnBackend,
     ctx: &StageContext,
-    setting: &str,
-    dtype: DType,
+    common: &Common,
     cpu: CpuDtype,
 ) -> Result<(), StageError> {
+    let dtype = model_dtype_of(common)?;
+    let setting = common.model.device.as_str();
     let specs: Vec<&str> = match ctx.devices {
         [] => vec![ctx.device.unwrap_or(setting)],
         pinned => pinned.iter().map(String::as_str).collect(),

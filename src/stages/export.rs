@@ -216,8 +216,7 @@ impl Stage for ExportStage {
     }
 
     fn device_key(&self, device_kind: &str) -> serde_json::Value {
-        let dtype = model_dtype(&self.common.model.torch_dtype).map_or(DType::F32, |d| d.0);
-        super::device::device_key(device_kind, dtype, CpuDtype::Keep)
+        super::device::device_key(&self.common, device_kind, CpuDtype::Keep)
     }
 
     /// The backbone in the model dtype must fit the device.
@@ -227,8 +226,7 @@ impl Stage for ExportStage {
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let (dtype, _) = model_dtype(&self.common.model.torch_dtype).map_err(input)?;
-        run_on_device(self, ctx, &self.common.model.device, dtype, CpuDtype::Keep)
+        run_on_device(self, ctx, &self.common, CpuDtype::Keep)
     }
 
     /// Put the cached export back into `output_dir` when it is missing, incomplete or from
@@ -245,7 +243,7 @@ impl Stage for ExportStage {
         if current {
             return Ok(());
         }
-        let say = |m: String| crate::report::table::print_above(hit.progress, &m);
+        let say = |m: String| hit.say(m);
         match publish_copy(hit.entry, dest, &origin(hit.name), hit.key, &[MANIFEST]) {
             Ok(()) => say(format!(
                 "[{}] restored {} from the cache",
@@ -277,9 +275,7 @@ impl OnBackend for ExportStage {
             .ok_or_else(|| input(format!("export stage `{}` needs a train stage", ctx.name)))?;
         let adapter_dir = train_adapter_dir(&train.dir, &self.params.checkpoint).map_err(input)?;
         let adapter = read_peft_adapter(&adapter_dir).map_err(|e| input(e.to_string()))?;
-        let say = |m: String| {
-            crate::report::table::print_above(ctx.progress, &m);
-        };
+        let say = |m: String| ctx.say(m);
         let mut written: Vec<String> = Vec::new();
         if self.params.peft {
             self.write_peft(&ctx.out_dir.join("peft"), &adapter)?;

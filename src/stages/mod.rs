@@ -31,7 +31,7 @@ pub fn build(spec: &StageSpec, common: &Common) -> Result<Box<dyn Stage>, StageE
 /// and dtype are valid. Returns the task's resolved problem type.
 fn model_stage_problem(common: &Common) -> Result<ProblemType, StageError> {
     dataset::model_source(common)?;
-    crate::export::source::model_dtype(&common.model.torch_dtype).map_err(StageError::Input)?;
+    device::model_dtype_of(common)?;
     ProblemType::resolve(common.task.problem_type.as_deref(), common.task.num_labels)
         .map_err(|e| StageError::Input(e.to_string()))
 }

@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::{DType, backend::Backend};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use super::device::{CpuDtype, OnBackend, check_replica_pool, run_on_device};
@@ -26,7 +25,7 @@ use crate::adapter::read_peft_adapter;
 use crate::backend::DeviceKind;
 use crate::data::record::{Record, load_split};
 use crate::experiment::schema::{Common, ScoreParams};
-use crate::export::source::{model_dtype, train_adapter_dir};
+use crate::export::source::train_adapter_dir;
 use crate::graph::{Stage, StageContext, StageError};
 use crate::model::inputs::{PaddingSide, SampleInputs, collate};
 use crate::model::processor::pixel_rows;
@@ -174,14 +173,11 @@ impl ScoreStage {
             Some(dir) => {
                 let adapter = read_peft_adapter(&dir).map_err(|e| input(e.to_string()))?;
                 if adapter.score.is_none() {
-                    crate::report::table::print_above(
-                        ctx.progress,
-                        &format!(
-                            "[{}] warning: adapter {} saved no score head; using the base model's",
-                            ctx.name,
-                            dir.display()
-                        ),
-                    );
+                    ctx.say(format!(
+                        "[{}] warning: adapter {} saved no score head; using the base model's",
+                        ctx.name,
+                        dir.display()
+                    ));
                 }
                 let model = apply_adapter(model, &adapter).map_err(|e| input(e.to_string()))?;
                 Ok((model, dir.display().to_string()))
@@ -190,15 +186,12 @@ impl ScoreStage {
                 if let ModelSource::Path(d) = &source
                     && !matches!(checkpoint_score_rows(d), Ok(Some(_)))
                 {
-                    crate::report::table::print_above(
-                        ctx.progress,
-                        &format!(
+                    ctx.say(format!(
                             "[{}] warning: {} has no score.weight and no adapter is given: the head is random (seed {})",
                             ctx.name,
                             d.display(),
                             self.common.seed
-                        ),
-                    );
+                        ));
                 }
                 Ok((model, "none (the model as loaded)".into()))
             }
@@ -360,8 +353,7 @@ impl Stage for ScoreStage {
     }
 
     fn device_key(&self, device_kind: &str) -> Value {
-        let dtype = model_dtype(&self.common.model.torch_dtype).map_or(DType::F32, |d| d.0);
-        super::device::device_key(device_kind, dtype, CpuDtype::F32For("scoring"))
+        super::device::device_key(&self.common, device_kind, CpuDtype::F32For("scoring"))
     }
 
     /// The backbone, the head and the metrics' confusion matrix must fit the device.
@@ -390,14 +382,7 @@ impl Stage for ScoreStage {
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let (dtype, _) = model_dtype(&self.common.model.torch_dtype).map_err(input)?;
-        run_on_device(
-            self,
-            ctx,
-            &self.common.model.device,
-            dtype,
-            CpuDtype::F32For("scoring"),
-        )
+        run_on_device(self, ctx, &self.common, CpuDtype::F32For("scoring"))
     }
 }
 
@@ -419,17 +404,11 @@ impl OnBackend for ScoreStage {
             .map_err(|e| input(e.to_string()))?
             .pad;
 
-        let bar = ctx
-            .progress
-            .add(ProgressBar::new(split.records.len() as u64));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} samples ({per_sec}, eta {eta})",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
+        let bar = ctx.bar(
+            split.records.len() as u64,
+            format!("{}: score", ctx.name),
+            "samples ({per_sec}, eta {eta})",
         );
-        bar.set_prefix(format!("{}: score", ctx.name));
         let start = Instant::now();
         let n_replicas = self.params.nproc_per_node.max(1);
         let workers = replica_copies(model, &devices, n_replicas);
@@ -525,7 +504,7 @@ impl OnBackend for ScoreStage {
             }
             None => report.push_str("no gold labels: scores only\n"),
         }
-        crate::report::table::print_above(ctx.progress, report.trim_end());
+        ctx.say(report.trim_end());
         Ok(())
     }
 }

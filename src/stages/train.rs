@@ -7,7 +7,7 @@
 //! `train_curves.png`. Resumable: a rerun with the same key continues from the newest
 //! complete checkpoint in its output directory.
 
-use super::device::{CpuDtype, OnBackend, check_replica_pool, run_on_device};
+use super::device::{CpuDtype, OnBackend, check_replica_pool, model_dtype_of, run_on_device};
 use super::fit;
 use super::model_spec::model_weight_files;
 use crate::adapter::targets::{TargetModules, target_regex};
@@ -105,7 +105,7 @@ impl TrainStage {
         if common.task.num_labels == 0 {
             return Err(input("[task] num_labels must be at least 1"));
         }
-        dtype_of(&common.model.torch_dtype)?;
+        model_dtype_of(common)?;
         let targets = match &p.target_modules {
             RawTargets::One(s) if s == "all-linear" => TargetSelector::AllLinear {
                 vit: !p.freeze_vit,
@@ -178,13 +178,6 @@ impl TrainStage {
     }
 }
 
-/// The Burn dtype of `torch_dtype` (the one mapping: `export::source::model_dtype`).
-fn dtype_of(s: &str) -> Result<DType, StageError> {
-    crate::export::source::model_dtype(s)
-        .map(|(dtype, _)| dtype)
-        .map_err(input)
-}
-
 impl Stage for TrainStage {
     fn kind(&self) -> &'static str {
         "train"
@@ -243,8 +236,7 @@ impl Stage for TrainStage {
     }
 
     fn device_key(&self, device_kind: &str) -> serde_json::Value {
-        let dtype = dtype_of(&self.common.model.torch_dtype).unwrap_or(DType::F32);
-        super::device::device_key(device_kind, dtype, CpuDtype::F32For("training"))
+        super::device::device_key(&self.common, device_kind, CpuDtype::F32For("training"))
     }
 
     /// Targets that exist, a rank they can take, a checkpoint head of `num_labels` rows,
@@ -303,14 +295,7 @@ impl Stage for TrainStage {
     }
 
     fn run(&self, ctx: &StageContext) -> Result<(), StageError> {
-        let dtype = dtype_of(&self.common.model.torch_dtype)?;
-        run_on_device(
-            self,
-            ctx,
-            &self.common.model.device,
-            dtype,
-            CpuDtype::F32For("training"),
-        )
+        run_on_device(self, ctx, &self.common, CpuDtype::F32For("training"))
     }
 }
 
@@ -491,15 +476,8 @@ impl TrainStage {
                 dataset_params(&data.dir).as_ref(),
             )),
         };
-        let progress = ctx.progress.add(indicatif::ProgressBar::new(0));
-        progress.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} steps  {msg}  ({elapsed} < {eta})",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        progress.set_prefix(ctx.name.to_string());
+        let tail = "steps  {msg}  ({elapsed} < {eta})";
+        let progress = ctx.bar(0, ctx.name.to_string(), tail);
         let stop_after_steps = std::env::var(INTERRUPT_ENV)
             .ok()
             .and_then(|v| v.parse().ok());
@@ -509,7 +487,7 @@ impl TrainStage {
             progress,
             stop_after_steps,
             model_info: info,
-            head_dtype: dtype_of(&self.common.model.torch_dtype)?,
+            head_dtype: model_dtype_of(&self.common)?,
         };
         let val_ref = val_set
             .as_ref()
@@ -602,4 +580,20 @@ fn load_adapter<B: AutodiffBackend>(
     let model =
         crate::adapter::apply::apply_adapter(model, &adapter).map_err(|e| input(e.to_string()))?;
     Ok((model, spec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::schema::ModelSpec;
+
+    /// The schema's AdamW defaults (what an experiment without them trains with) are the
+    /// constant code outside the experiment files uses.
+    #[test]
+    fn default_adamw_is_swifts() {
+        let p: TrainParams = toml::from_str("needs = [\"data\"]").unwrap();
+        let common = Common::for_model(ModelSpec::cpu_f32(Some("tiny"), None), 3);
+        let stage = TrainStage::new(p, &common).unwrap();
+        assert_eq!(stage.spec.adamw, AdamWConfig::SWIFT);
+    }
 }

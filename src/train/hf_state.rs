@@ -22,13 +22,7 @@ pub fn to_hf_json(state: &TrainerState, run_dir: &std::path::Path) -> Value {
         .iter()
         .filter_map(|line| {
             // transformers' log_history: the numbers of each log call plus its step.
-            let step: usize = line
-                .get("global_step/max_steps")?
-                .as_str()?
-                .split('/')
-                .next()?
-                .parse()
-                .ok()?;
+            let step = crate::train::metrics_log::step_of(line)?;
             let mut e: Map<String, Value> = line
                 .iter()
                 .filter(|(k, v)| {

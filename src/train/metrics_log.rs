@@ -113,11 +113,24 @@ pub struct Progress {
     pub elapsed_s: f64,
 }
 
+/// The key of a line's `"step/max"` progress (absent from the closing summary line).
+pub const STEP_KEY: &str = "global_step/max_steps";
+
+/// The global step a logged line was written at; None for lines without [`STEP_KEY`].
+pub fn step_of(line: &Map<String, Value>) -> Option<usize> {
+    line.get(STEP_KEY)?
+        .as_str()?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Add `epoch` and the ms-swift progress keys, then round floats to 8 decimals.
 pub fn finish_line(mut line: Map<String, Value>, epoch: f64, p: &Progress) -> Map<String, Value> {
     line.insert("epoch".into(), num(epoch));
     line.insert(
-        "global_step/max_steps".into(),
+        STEP_KEY.into(),
         Value::String(format!("{}/{}", p.global_step, p.max_steps)),
     );
     let frac = if p.max_steps > 0 {

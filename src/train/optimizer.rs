@@ -18,13 +18,25 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use std::collections::BTreeMap;
 
-/// AdamW hyperparameters (ms-swift defaults: 0.9, 0.95, 1e-8, 0.1).
+/// AdamW hyperparameters.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamWConfig {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+}
+
+impl AdamWConfig {
+    /// ms-swift's defaults (`--adam_beta1 0.9 --adam_beta2 0.95 --adam_epsilon 1e-8
+    /// --weight_decay 0.1`), as the experiment schema's; a test in `stages::train` keeps the
+    /// two equal.
+    pub const SWIFT: AdamWConfig = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
 }
 
 /// First and second moments of one param (flattened).

@@ -62,13 +62,7 @@ pub fn curves(history: &[Map<String, Value>]) -> Vec<Chart> {
         history
             .iter()
             .filter_map(|l| {
-                let step = l
-                    .get("global_step/max_steps")?
-                    .as_str()?
-                    .split('/')
-                    .next()?
-                    .parse()
-                    .ok()?;
+                let step = crate::train::metrics_log::step_of(l)? as f64;
                 Some((step, l.get(key)?.as_f64()?))
             })
             .collect()

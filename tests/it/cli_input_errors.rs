@@ -5,9 +5,11 @@ use crate::common;
 
 use common::{EXPERIMENT, project, run_cli};
 
-/// Run `plan` and `run` on `text`; both must fail with one line starting `error: exp.toml:LINE:`.
+/// Run `plan` and `run` on `text`; both must fail with one line starting
+/// `error: exp.toml:LINE:`, LINE being the first that contains `at`, and naming `parts`.
 #[track_caller]
-fn rejects(text: &str, line: usize, parts: &[&str]) -> String {
+fn rejects(text: &str, at: &str, parts: &[&str]) -> String {
+    let line = text.lines().position(|l| l.contains(at)).unwrap() + 1;
     let p = project(text);
     let mut last = String::new();
     for cmd in ["plan", "run"] {
@@ -30,16 +32,12 @@ fn rejects(text: &str, line: usize, parts: &[&str]) -> String {
     last
 }
 
-fn line_of(text: &str, needle: &str) -> usize {
-    text.lines().position(|l| l.contains(needle)).unwrap() + 1
-}
-
 #[test]
 fn unknown_key() {
     let text = EXPERIMENT.replace("lora_rank = 8", "lora_rnk = 8");
     let msg = rejects(
         &text,
-        line_of(&text, "lora_rnk"),
+        "lora_rnk",
         &[
             "stages.train.lora_rnk",
             "unknown key `lora_rnk` in [stages.train]",
@@ -56,7 +54,7 @@ fn unknown_kind() {
     let text = EXPERIMENT.replace("kind = \"train\"", "kind = \"trian\"");
     rejects(
         &text,
-        line_of(&text, "trian"),
+        "trian",
         &[
             "stages.train.kind",
             "unknown stage kind `trian`",
@@ -70,7 +68,7 @@ fn wrong_type() {
     let text = EXPERIMENT.replace("lora_rank = 8", "lora_rank = \"8\"");
     let msg = rejects(
         &text,
-        line_of(&text, "lora_rank"),
+        "lora_rank",
         &[
             "stages.train.lora_rank",
             "expected an integer, found string \"8\"",
@@ -87,7 +85,7 @@ fn bad_choice() {
     );
     rejects(
         &text,
-        line_of(&text, "fp16"),
+        "fp16",
         &[
             "model.torch_dtype",
             "invalid torch_dtype `fp16`",
@@ -104,7 +102,7 @@ fn missing_needed_stage_and_cycle() {
     );
     rejects(
         &text,
-        line_of(&text, "trainer"),
+        "trainer",
         &[
             "stages.score.needs",
             "needs `trainer`, which does not exist",
@@ -114,7 +112,7 @@ fn missing_needed_stage_and_cycle() {
     let text = EXPERIMENT.replace("needs = [\"data\"]", "needs = [\"data\", \"score\"]");
     rejects(
         &text,
-        line_of(&text, "\"score\"]"),
+        "\"score\"]",
         &[
             "stages.train.needs",
             "cycle in needs: train → score → train",
@@ -127,13 +125,13 @@ fn missing_input_kind_and_file() {
     let text = EXPERIMENT.replace("needs = [\"data\", \"train\"]", "needs = [\"train\"]");
     rejects(
         &text,
-        line_of(&text, "needs = [\"train\"]"),
+        "needs = [\"train\"]",
         &["stages.score.needs", "a score stage needs a dataset stage"],
     );
     let text = EXPERIMENT.replace("data/test.jsonl", "data/nope.jsonl");
     rejects(
         &text,
-        line_of(&text, "nope"),
+        "nope",
         &[
             "stages.data.val_dataset",
             "file not found",
@@ -147,7 +145,7 @@ fn sweep_path_and_value() {
     let text = format!("{EXPERIMENT}\n[sweep]\n\"stages.train.lora_rnk\" = [8, 16]\n");
     rejects(
         &text,
-        line_of(&text, "lora_rnk"),
+        "lora_rnk",
         &[
             "sweep.stages.train.lora_rnk",
             "unknown key `lora_rnk` for a train stage",
@@ -157,7 +155,7 @@ fn sweep_path_and_value() {
     let text = format!("{EXPERIMENT}\n[sweep]\n\"stages.train.learning_rate\" = [1e-4, -1.0]\n");
     rejects(
         &text,
-        line_of(&text, "-1.0"),
+        "-1.0",
         &[
             "sweep.stages.train.learning_rate",
             "value -1.0",
@@ -169,7 +167,7 @@ fn sweep_path_and_value() {
 #[test]
 fn invalid_toml() {
     let text = EXPERIMENT.replace("lora_rank = 8", "lora_rank = 8 8");
-    rejects(&text, line_of(&text, "lora_rank"), &["invalid TOML"]);
+    rejects(&text, "lora_rank", &["invalid TOML"]);
 }
 
 #[test]

@@ -20,13 +20,13 @@ use crate::model_support as support;
 use burn::backend::Autodiff;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Int, Tensor, TensorData, activation::log_softmax};
+use burn::tensor::{DType, Tensor, TensorData, activation::log_softmax};
 use pipeline::backend::{CudaBackend, CudaDevice, cuda_available, cuda_probe};
 use pipeline::bench::workload::lora_spec;
-use pipeline::model::inputs::ModelInputs;
 use pipeline::model::{SeqClassifier, WeightsSource, load_classifier_from};
 use support::{
-    Fixture, attended_rows, golden_dir, max_abs_diff, rel_l2, to_vec, with_random_adapters,
+    Fixture, attended_rows, golden_batch, golden_dir, golden_grids, golden_pixels, max_abs_diff,
+    rel_l2, to_vec, with_random_adapters,
 };
 
 type Flex = support::B;
@@ -62,37 +62,6 @@ fn load<Bk: Backend>(dir: &str, dtype: DType, dev: &Bk::Device) -> SeqClassifier
     .unwrap_or_else(|e| panic!("{dir}: {e}"))
 }
 
-fn ints2<Bk: Backend>(inp: &Fixture, key: &str, dev: &Bk::Device) -> Tensor<Bk, 2, Int> {
-    let s = inp.shape(key);
-    Tensor::from_data(TensorData::new(inp.ints(key), [s[0], s[1]]), dev)
-}
-
-fn pixels<Bk: Backend>(inp: &Fixture, dev: &Bk::Device) -> Tensor<Bk, 2> {
-    let s = inp.shape("pixel_codes");
-    let v: Vec<f32> = inp
-        .values("pixel_codes")
-        .into_iter()
-        .map(|c| ((c - 128.0) / 64.0) as f32)
-        .collect();
-    Tensor::from_data(TensorData::new(v, [s[0], s[1]]), (dev, DType::F32))
-}
-
-fn grids(inp: &Fixture) -> Vec<[usize; 3]> {
-    inp.ints("grids")
-        .chunks(3)
-        .map(|g| [g[0] as usize, g[1] as usize, g[2] as usize])
-        .collect()
-}
-
-fn batch<Bk: Backend>(inp: &Fixture, side: &str, dev: &Bk::Device) -> ModelInputs<Bk> {
-    ModelInputs {
-        input_ids: ints2(inp, &format!("input_ids_{side}"), dev),
-        attention_mask: ints2(inp, &format!("attention_mask_{side}"), dev),
-        pixel_values: Some(pixels(inp, dev)),
-        image_grid_thw: grids(inp),
-    }
-}
-
 /// Max |diff| against transformers of every golden tensor of `dir` (vision intermediates,
 /// attended hidden rows, logits, both padding sides), as (name, diff).
 fn golden_diffs<Bk: Backend>(dir: &str, dtype: DType, dev: &Bk::Device) -> Vec<(String, f64)> {
@@ -100,7 +69,9 @@ fn golden_diffs<Bk: Backend>(dir: &str, dtype: DType, dev: &Bk::Device) -> Vec<(
     let gold = Fixture::open(&format!("{dir}.golden.safetensors"));
     let inp = Fixture::open("inputs.safetensors");
     let mut out = Vec::new();
-    let trace = model.visual.trace(pixels(&inp, dev), &grids(&inp));
+    let trace = model
+        .visual
+        .trace(golden_pixels(&inp, dev), &golden_grids(&inp));
     let mut push = |name: String, got: Vec<f64>, want: Vec<f64>| {
         out.push((name, max_abs_diff(&got, &want)));
     };
@@ -122,7 +93,7 @@ fn golden_diffs<Bk: Backend>(dir: &str, dtype: DType, dev: &Bk::Device) -> Vec<(
         gold.values("vision.merger"),
     );
     for side in ["left", "right"] {
-        let x = batch::<Bk>(&inp, side, dev);
+        let x = golden_batch::<Bk>(&inp, side, dev);
         let mask = inp.ints(&format!("attention_mask_{side}"));
         let want = gold.values(&format!("{side}.last_hidden_state"));
         let keep = |v: &[f64]| attended_rows(v, &mask);
@@ -184,7 +155,7 @@ fn train_step<Bk: Backend>(dtype: DType, dev: &Bk::Device) -> Step {
     let base = load::<A<Bk>>("tiny_a", dtype, dev);
     let model = with_random_adapters(base, &spec, 3, dev);
     let inp = Fixture::open("inputs.safetensors");
-    let x = batch::<A<Bk>>(&inp, "right", dev);
+    let x = golden_batch::<A<Bk>>(&inp, "right", dev);
     let b = x.input_ids.dims()[0];
     let target: Vec<f32> = (0..b * 5)
         .map(|i| if i % 5 == (i / 5) % 5 { 1.0 } else { 0.0 })

@@ -8,7 +8,7 @@ use indicatif::{MultiProgress, ProgressDrawTarget};
 use pipeline::data::record::{Label, Record, load_split};
 use pipeline::data::smart_resize::smart_resize;
 use pipeline::data::stats::DatasetStats;
-use pipeline::experiment::schema::{Common, DatasetParams, ModelSpec, TaskSpec};
+use pipeline::experiment::schema::{Common, DatasetParams, ModelSpec};
 use pipeline::graph::{Stage, StageContext, StageError};
 use pipeline::model::tokenizer::{
     TINY_IM_START, TINY_IMAGE_PAD, TINY_VISION_END, TINY_VISION_START,
@@ -16,22 +16,7 @@ use pipeline::model::tokenizer::{
 use pipeline::stages::dataset::DatasetStage;
 
 fn common(num_labels: usize) -> Common {
-    Common {
-        model: ModelSpec {
-            preset: Some("tiny".into()),
-            path: None,
-            model: None,
-            torch_dtype: "float32".into(),
-            device: "cpu".into(),
-        },
-        task: TaskSpec {
-            task_type: "seq_cls".into(),
-            num_labels,
-            problem_type: None,
-            labels: None,
-        },
-        seed: 42,
-    }
+    Common::for_model(ModelSpec::cpu_f32(Some("tiny"), None), num_labels)
 }
 
 fn params(train: Option<&Path>, val: Option<&Path>) -> DatasetParams {

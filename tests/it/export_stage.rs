@@ -206,17 +206,7 @@ fn preset_export_ships_the_built_in_tokenizer() {
         &device,
     )
     .unwrap();
-    let spec = LoraSpec {
-        r: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        use_rslora: false,
-        targets: TargetSelector::AllLinear {
-            vit: true,
-            aligner: false,
-            llm: true,
-        },
-    };
+    let spec = LoraSpec::new(4, 8.0, TargetSelector::all_linear(true, false, true));
     let model = base.apply_lora(&spec, 1).unwrap();
     let (mut modules, score) = extract_adapter(&model);
     for (i, p) in modules.iter_mut().enumerate() {

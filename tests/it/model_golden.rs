@@ -3,12 +3,15 @@
 
 use crate::model_support as support;
 
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 use pipeline::model::inputs::ModelInputs;
 use pipeline::model::processor::pixel_rows;
 use pipeline::model::vision::VisionPlan;
 use pipeline::model::{SeqClassifier, WeightsSource, load_classifier_from};
-use support::{B, Fixture, assert_close, attended_rows, golden_dir, to_vec};
+use support::{
+    B, Fixture, assert_close, attended_rows, golden_batch, golden_dir, golden_grids, golden_pixels,
+    to_vec,
+};
 
 const TOL: f64 = 1e-4;
 
@@ -23,38 +26,16 @@ fn load(dir: &str) -> SeqClassifier<B> {
     .unwrap_or_else(|e| panic!("{dir}: {e}"))
 }
 
-/// Pixel values decoded from the u8 codes: `(code - 128) / 64`.
 fn pixels(inp: &Fixture) -> Tensor<B, 2> {
-    let s = inp.shape("pixel_codes");
-    let v: Vec<f32> = inp
-        .values("pixel_codes")
-        .into_iter()
-        .map(|c| ((c - 128.0) / 64.0) as f32)
-        .collect();
-    Tensor::from_data(
-        TensorData::new(v, [s[0], s[1]]),
-        (&Default::default(), DType::F32),
-    )
-}
-
-fn grids(inp: &Fixture) -> Vec<[usize; 3]> {
-    inp.ints("grids")
-        .chunks(3)
-        .map(|g| [g[0] as usize, g[1] as usize, g[2] as usize])
-        .collect()
+    golden_pixels(inp, &Default::default())
 }
 
 fn batch(inp: &Fixture, side: &str) -> ModelInputs<B> {
-    ModelInputs {
-        input_ids: inp.int2(&format!("input_ids_{side}")),
-        attention_mask: inp.int2(&format!("attention_mask_{side}")),
-        pixel_values: Some(pixels(inp)),
-        image_grid_thw: grids(inp),
-    }
+    golden_batch(inp, side, &Default::default())
 }
 
 fn check_vision(model: &SeqClassifier<B>, gold: &Fixture, inp: &Fixture) {
-    let g = grids(inp);
+    let g = golden_grids(inp);
     let plan = VisionPlan::<B>::new(&g, &model.visual.cfg, &Default::default());
     let wi: Vec<i64> = plan.window_index.iter().map(|&i| i as i64).collect();
     assert_eq!(wi, gold.ints("vision.window_index"), "window index");
@@ -179,7 +160,7 @@ fn padding_side_does_not_change_logits() {
 fn image_token_count_mismatch_is_an_error() {
     let (model, inp) = (load("tiny_a"), Fixture::open("inputs.safetensors"));
     let mut inputs = batch(&inp, "left");
-    let g = grids(&inp);
+    let g = golden_grids(&inp);
     inputs.image_grid_thw = g[..2].to_vec();
     let rows: usize = g[..2].iter().map(|g| g[0] * g[1] * g[2]).sum();
     inputs.pixel_values = Some(pixels(&inp).narrow(0, 0, rows));

@@ -11,20 +11,6 @@ use pipeline::model::lora::{LoraLinear, LoraSpec, TargetSelector};
 use pipeline::model::{SeqClassifier, WeightsSource, load_classifier_from};
 use support::{B, Fixture, assert_close, golden_dir, golden_inputs, to_vec};
 
-fn spec(r: usize, alpha: f64, targets: TargetSelector) -> LoraSpec {
-    LoraSpec {
-        r,
-        alpha,
-        dropout: 0.0,
-        use_rslora: false,
-        targets,
-    }
-}
-
-fn all_linear(vit: bool, aligner: bool, llm: bool) -> TargetSelector {
-    TargetSelector::AllLinear { vit, aligner, llm }
-}
-
 fn tiny_a() -> SeqClassifier<B> {
     load_classifier_from::<B>(
         WeightsSource::Dir(&golden_dir().join("tiny_a")),
@@ -56,7 +42,7 @@ fn with_peft_adapter() -> SeqClassifier<B> {
     );
     tiny_a()
         .load_lora_weights(
-            &spec(4, 8.0, all_linear(true, false, true)),
+            &LoraSpec::new(4, 8.0, TargetSelector::all_linear(true, false, true)),
             adapters,
             Some(fx.tensor2("score.weight")),
         )
@@ -156,7 +142,7 @@ fn lora_linear_matches_dense_reference() {
     let t2 = |v: &Vec<f32>, s: [usize; 2]| {
         Tensor::<B, 2>::from_data(TensorData::new(v.clone(), s), (&dev, DType::F32))
     };
-    let s = spec(r, 6.0, all_linear(true, true, true));
+    let s = LoraSpec::new(r, 6.0, TargetSelector::all_linear(true, true, true));
     let lin = LoraLinear::from_tensors(
         t2(&w, [d_out, d_in]),
         Some(Tensor::from_data(TensorData::new(b.clone(), [d_out]), &dev)),
@@ -216,18 +202,21 @@ fn all_linear_target_counts_and_parameter_counts() {
     // tiny: 4 LLM layers × 7, 4 ViT blocks × 5, merger 2.
     assert_eq!(m.linear_names().len(), 28 + 20 + 2);
     let cases = [
-        (all_linear(false, false, true), 28),
-        (all_linear(true, false, true), 48),
-        (all_linear(true, true, true), 50),
+        (TargetSelector::all_linear(false, false, true), 28),
+        (TargetSelector::all_linear(true, false, true), 48),
+        (TargetSelector::all_linear(true, true, true), 50),
     ];
     for (sel, n) in cases {
         let l = tiny_preset::<B>(1)
-            .apply_lora(&spec(8, 16.0, sel.clone()), 3)
+            .apply_lora(&LoraSpec::new(8, 16.0, sel.clone()), 3)
             .unwrap();
         assert_eq!(l.lora_weights().len(), n, "{sel:?}");
     }
     let l = tiny_preset::<B>(1)
-        .apply_lora(&spec(8, 16.0, all_linear(true, false, true)), 3)
+        .apply_lora(
+            &LoraSpec::new(8, 16.0, TargetSelector::all_linear(true, false, true)),
+            3,
+        )
         .unwrap();
     // r·(in + out) per adapter + score [3, 128].
     let mut expect = 3 * 128;
@@ -252,7 +241,7 @@ fn all_linear_target_counts_and_parameter_counts() {
 fn selectors_by_name_and_regex() {
     let by_name = tiny_preset::<B>(1)
         .apply_lora(
-            &spec(
+            &LoraSpec::new(
                 2,
                 4.0,
                 TargetSelector::Names(vec!["q_proj".into(), "qkv".into()]),
@@ -265,7 +254,7 @@ fn selectors_by_name_and_regex() {
         TargetSelector::Regex(r"model\.language_model\.layers\.[01]\.mlp\.(up|down)_proj".into());
     assert_eq!(
         tiny_preset::<B>(1)
-            .apply_lora(&spec(2, 4.0, re), 0)
+            .apply_lora(&LoraSpec::new(2, 4.0, re), 0)
             .unwrap()
             .lora_weights()
             .len(),
@@ -273,7 +262,7 @@ fn selectors_by_name_and_regex() {
     );
     let err = tiny_preset::<B>(1)
         .apply_lora(
-            &spec(2, 4.0, TargetSelector::Names(vec!["qkv_proj".into()])),
+            &LoraSpec::new(2, 4.0, TargetSelector::Names(vec!["qkv_proj".into()])),
             0,
         )
         .unwrap_err()
@@ -287,7 +276,7 @@ fn selectors_by_name_and_regex() {
 /// Same seed → same A; B starts at zero, so LoRA does not change the logits at init.
 #[test]
 fn init_is_deterministic_and_neutral() {
-    let s = spec(4, 8.0, all_linear(true, false, true));
+    let s = LoraSpec::new(4, 8.0, TargetSelector::all_linear(true, false, true));
     let a1 = tiny_preset::<B>(1).apply_lora(&s, 9).unwrap();
     let a2 = tiny_preset::<B>(1).apply_lora(&s, 9).unwrap();
     let a3 = tiny_preset::<B>(1).apply_lora(&s, 10).unwrap();
@@ -317,7 +306,10 @@ fn init_is_deterministic_and_neutral() {
 fn only_adapters_and_score_get_gradients() {
     type AB = Autodiff<B>;
     let m = tiny_preset::<AB>(1)
-        .apply_lora(&spec(4, 8.0, all_linear(true, false, true)), 2)
+        .apply_lora(
+            &LoraSpec::new(4, 8.0, TargetSelector::all_linear(true, false, true)),
+            2,
+        )
         .unwrap();
     let px: Vec<f32> = (0..16 * 1176)
         .map(|i| ((i % 97) as f32 / 48.0) - 1.0)

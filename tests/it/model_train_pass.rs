@@ -29,15 +29,8 @@ const TOL: f64 = 1e-5;
 
 fn spec(vit: bool, dropout: f64) -> LoraSpec {
     LoraSpec {
-        r: 4,
-        alpha: 8.0,
         dropout,
-        use_rslora: false,
-        targets: TargetSelector::AllLinear {
-            vit,
-            aligner: vit,
-            llm: true,
-        },
+        ..LoraSpec::new(4, 8.0, TargetSelector::all_linear(vit, vit, true))
     }
 }
 

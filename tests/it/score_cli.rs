@@ -66,18 +66,11 @@ fn score_only_experiment_matches_transformers_and_caches() {
     assert_eq!(out.status.code(), Some(0));
     let stage_dir = tmp.path().join("runs/interop/score");
     let scores = read_scores(&stage_dir.join("scores.jsonl"));
-    let mut worst = 0.0f64;
-    for (line, row) in scores.iter().zip(reference_rows()) {
-        let expect = log_softmax(&floats(&row["base_logits"]));
-        let got = floats(&line["class_logprobs"]);
-        worst = worst.max(
-            got.iter()
-                .zip(&expect)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f64::max),
-        );
-        assert_eq!(line["index"], row["index"]);
-    }
+    let base: Vec<Vec<f64>> = reference_rows()
+        .iter()
+        .map(|r| floats(&r["base_logits"]))
+        .collect();
+    let worst = check_single_label(&scores, &base);
     eprintln!("pipeline run: max |Δ log p| vs transformers = {worst:.2e}");
     assert!(worst < LOGIT_TOL);
     let metrics = read_json(&stage_dir.join("metrics.json"));

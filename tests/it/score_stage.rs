@@ -5,56 +5,39 @@
 
 use crate::score_support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use pipeline::experiment::schema::ScoreParams;
+use pipeline::experiment::schema::{Common, ScoreParams};
 use pipeline::stages::score::ScoreStage;
 use score_support::*;
-use serde_json::Value;
 
 fn score_params(extra: &str) -> ScoreParams {
     toml::from_str(&format!("needs = [\"data\"]\nbatch_size = 3\n{extra}")).unwrap()
 }
 
 /// Dataset entry of the fixture data (val split) for `common`.
-fn dataset(common: &pipeline::experiment::schema::Common, root: &Path) -> std::path::PathBuf {
+fn dataset(common: &Common, root: &Path) -> PathBuf {
     let dir = root.join("data");
     build_fixture_dataset(common, &interop_dir().join("data/test.jsonl"), &dir);
     dir
 }
 
-/// Check scores.jsonl against `logits` (reference rows) under log_softmax.
-fn check_single_label(scores: &[Value], logits: &[Vec<f64>]) -> f64 {
-    let rows = reference_rows();
-    assert_eq!(scores.len(), rows.len());
-    let mut worst = 0.0f64;
-    for ((line, row), z) in scores.iter().zip(&rows).zip(logits) {
-        let expect = log_softmax(z);
-        let got = floats(&line["class_logprobs"]);
-        worst = worst.max(
-            got.iter()
-                .zip(&expect)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f64::max),
-        );
-        let pred = (0..3)
-            .max_by(|&a, &b| expect[a].total_cmp(&expect[b]))
-            .unwrap();
-        assert_eq!(line["index"], row["index"]);
-        assert_eq!(line["labels"], row["label"]);
-        assert_eq!(line["response"], pred);
-        let c = &line["logprobs"]["content"][0];
-        assert_eq!(c["index"], pred);
-        let top: Vec<f64> = c["top_logprobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["logprob"].as_f64().unwrap())
-            .collect();
-        assert_eq!(top.len(), 3);
-        assert!(top.windows(2).all(|w| w[0] >= w[1]), "best first: {top:?}");
-    }
-    worst
+/// Run a score stage with `params` on the dataset entry `data`, into `out`.
+fn score(params: ScoreParams, common: &Common, data: &Path, out: &Path) {
+    let stage = ScoreStage::new(params, common).unwrap();
+    run_stage(&stage, "score", out, &[("data", "dataset", data)]).unwrap();
+}
+
+/// Score the fixture images at the rows of `jsonl` (written to `dir/<name>.jsonl`) with
+/// the default score params; returns the stage's output folder.
+fn score_rows(dir: &Path, common: &Common, name: &str, jsonl: &str) -> PathBuf {
+    let file = dir.join(format!("{name}.jsonl"));
+    std::fs::write(&file, jsonl).unwrap();
+    let data = dir.join(format!("{name}_data"));
+    build_fixture_dataset(common, &file, &data);
+    let out = dir.join(format!("{name}_score"));
+    score(score_params(""), common, &data, &out);
+    out
 }
 
 #[test]
@@ -150,13 +133,7 @@ fn adapter_directory_scores_with_peft_logprobs() {
     );
     let params: ScoreParams = toml::from_str(&format!("needs = [\"data\"]\n{extra}")).unwrap();
     let out = tmp.path().join("score");
-    run_stage(
-        &ScoreStage::new(params, &common).unwrap(),
-        "score",
-        &out,
-        &[("data", "dataset", &data)],
-    )
-    .unwrap();
+    score(params, &common, &data, &out);
     let worst = check_single_label(&read_scores(&out.join("scores.jsonl")), &peft);
     eprintln!("adapter = peft_old: max |Δ log p| vs PEFT = {worst:.2e}");
     assert!(worst < LOGIT_TOL, "max |Δ log p| = {worst:e}");
@@ -174,23 +151,11 @@ fn dataset_file_is_preprocessed_like_the_dataset_stage() {
     let common = common_for(&interop_dir().join("model"), 3, None);
     let data = dataset(&common, tmp.path());
     let split_out = tmp.path().join("split");
-    run_stage(
-        &ScoreStage::new(score_params(""), &common).unwrap(),
-        "s",
-        &split_out,
-        &[("data", "dataset", &data)],
-    )
-    .unwrap();
+    score(score_params(""), &common, &data, &split_out);
     let file = interop_dir().join("data/test.jsonl");
     let params = score_params(&format!("dataset = {:?}", file.display().to_string()));
     let file_out = tmp.path().join("file");
-    run_stage(
-        &ScoreStage::new(params, &common).unwrap(),
-        "s",
-        &file_out,
-        &[("data", "dataset", &data)],
-    )
-    .unwrap();
+    score(params, &common, &data, &file_out);
     assert_eq!(
         read_scores(&split_out.join("scores.jsonl")),
         read_scores(&file_out.join("scores.jsonl"))
@@ -217,27 +182,13 @@ fn multi_label_and_regression_follow_swift_semantics() {
         .collect();
 
     // Multi-label: rows 0 and 1 of the fixture (same images and prompt), list labels.
-    let jsonl = tmp.path().join("multi.jsonl");
-    std::fs::write(
-        &jsonl,
-        row("[0, 2]", "square56.png") + &row("[]", "wide112x84.png"),
-    )
-    .unwrap();
     let common = common_for(
         &interop_dir().join("model"),
         3,
         Some("multi_label_classification"),
     );
-    let data = tmp.path().join("multi_data");
-    build_fixture_dataset(&common, &jsonl, &data);
-    let out = tmp.path().join("multi_score");
-    run_stage(
-        &ScoreStage::new(score_params(""), &common).unwrap(),
-        "s",
-        &out,
-        &[("data", "dataset", &data)],
-    )
-    .unwrap();
+    let rows = row("[0, 2]", "square56.png") + &row("[]", "wide112x84.png");
+    let out = score_rows(tmp.path(), &common, "multi", &rows);
     let scores = read_scores(&out.join("scores.jsonl"));
     for (line, z) in scores.iter().zip(&base) {
         let expect: Vec<f64> = z.iter().map(|&v| -((-v).exp().ln_1p())).collect();
@@ -261,19 +212,13 @@ fn multi_label_and_regression_follow_swift_semantics() {
     assert!(!out.join("confusion.png").exists());
 
     // Multi-target regression: the raw outputs, no log-probs.
-    let jsonl = tmp.path().join("reg.jsonl");
-    std::fs::write(&jsonl, row("[0.5, -1.0, 2.0]", "square56.png")).unwrap();
     let common = common_for(&interop_dir().join("model"), 3, Some("regression"));
-    let data = tmp.path().join("reg_data");
-    build_fixture_dataset(&common, &jsonl, &data);
-    let out = tmp.path().join("reg_score");
-    run_stage(
-        &ScoreStage::new(score_params(""), &common).unwrap(),
-        "s",
-        &out,
-        &[("data", "dataset", &data)],
-    )
-    .unwrap();
+    let out = score_rows(
+        tmp.path(),
+        &common,
+        "reg",
+        &row("[0.5, -1.0, 2.0]", "square56.png"),
+    );
     let line = &read_scores(&out.join("scores.jsonl"))[0];
     let got = floats(&line["response"]);
     assert!(

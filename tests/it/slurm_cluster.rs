@@ -10,8 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::common::entries;
 use crate::slurm_support::Cluster;
-use crate::sweep_end_to_end::{adapter, csv, entries, project};
+use crate::sweep_end_to_end::{adapter, csv, project};
 
 /// Generous for 2 CPUs shared with other work.
 const JOB_LIMIT: Duration = Duration::from_secs(240);

@@ -11,35 +11,10 @@ use std::path::{Path, PathBuf};
 use common::Out;
 use serde_json::Value;
 
-const EXPERIMENT: &str = r#"name = "st"
-seed = 3
-
-[model]
-preset = "tiny"
-torch_dtype = "float32"
-device = "cpu"
-
-[task]
-num_labels = 11
-
-[stages.data]
-kind = "dataset"
-dataset = "data/train.jsonl"
-val_dataset = "data/test.jsonl"
-max_pixels = 12544
-
-[stages.train]
-kind = "train"
-needs = ["data"]
-lora_rank = 4
-learning_rate = 1e-3
-max_steps = 2
-per_device_train_batch_size = 2
-per_device_eval_batch_size = 8
-eval_steps = 1
-save_steps = 1
-logging_steps = 1
-
+const EXPERIMENT: &str = concat!(
+    "name = \"st\"\n",
+    include_str!("common/tiny_train.toml"),
+    r#"
 [stages.score]
 kind = "score"
 needs = ["data", "train"]
@@ -47,7 +22,8 @@ needs = ["data", "train"]
 [sweep]
 "stages.train.lora_rank" = [4, 8]
 "stages.train.learning_rate" = [1e-3, 2e-3]
-"#;
+"#
+);
 
 /// Variant names in sweep order (first key outermost).
 pub(crate) const VARIANTS: [&str; 4] = ["r4-lr1e-3", "r4-lr2e-3", "r8-lr1e-3", "r8-lr2e-3"];
@@ -65,27 +41,7 @@ pub(crate) fn run(dir: &Path, runs: &str, args: &[&str], env: &[(&str, &str)], w
     common::pipeline_out(dir, &args, env, want)
 }
 
-/// Complete cache entries of `kind` (a manifest that names the kind).
-pub(crate) fn entries(runs: &Path, kind: &str) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(runs.join("cache"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(&format!("{kind}-"))
-        })
-        .collect();
-    out.sort();
-    for e in &out {
-        let m: Value =
-            serde_json::from_str(&std::fs::read_to_string(e.join("manifest.json")).unwrap())
-                .unwrap();
-        assert_eq!(m["kind"], kind, "{}", e.display());
-    }
-    out
-}
+use common::entries;
 
 /// `sweep.csv` as (header, rows of cells).
 pub(crate) fn csv(runs: &Path) -> (Vec<String>, Vec<Vec<String>>) {

@@ -130,12 +130,7 @@ pub(crate) fn spec() -> TrainSpec {
         learning_rate: 5e-2,
         warmup_steps: 0,
         warmup_ratio: 0.1,
-        adamw: AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-        },
+        adamw: AdamWConfig::SWIFT,
         max_grad_norm: 1.0,
         eval_steps: Some(2),
         save_steps: 5,

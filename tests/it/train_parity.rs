@@ -17,10 +17,7 @@ use pipeline::model::inputs::SampleInputs;
 use pipeline::model::lora::{LoraSpec, TargetSelector, select_targets};
 use pipeline::model::{SeqClassifier, WeightsSource, load_classifier_from};
 use pipeline::task::ProblemType;
-use pipeline::train::checkpoint::BestMetric;
 use pipeline::train::loss::{self, Target};
-use pipeline::train::optimizer::AdamWConfig;
-use pipeline::train::schedule::ScheduleKind;
 use pipeline::train::{Classifier, InMemorySet, PeftState, RunOptions, TrainSpec, train};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -58,17 +55,7 @@ fn safetensors_io_read_any(path: &Path) -> BTreeMap<String, TensorData> {
 }
 
 fn spec_lora() -> LoraSpec {
-    LoraSpec {
-        r: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        use_rslora: false,
-        targets: TargetSelector::AllLinear {
-            vit: true,
-            aligner: false,
-            llm: true,
-        },
-    }
+    LoraSpec::new(4, 8.0, TargetSelector::all_linear(true, false, true))
 }
 
 /// The fixture backbone with the fixture's initial adapter and score head.
@@ -192,36 +179,22 @@ fn three_adamw_steps_with_accumulation_match_transformers() {
     let t = tensors();
     let (s, targets) = samples(&t);
     let set = InMemorySet::new(s, targets);
+    // The loop tests' spec but for the fixture's batch, schedule and clipping.
     let spec = TrainSpec {
-        problem: ProblemType::SingleLabelClassification,
         num_labels: 3,
         train_batch_size: 2,
         eval_batch_size: 2,
-        grad_accum: 2,
         num_train_epochs: 1.0,
         max_steps: 3,
-        schedule: ScheduleKind::Cosine,
         learning_rate: 1e-3,
         warmup_steps: 1,
         warmup_ratio: 0.0,
-        adamw: AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-        },
         max_grad_norm: 0.05,
         eval_steps: None,
         save_steps: 100,
         save_total_limit: None,
         logging_steps: 1,
-        best_metric: BestMetric::Loss,
-        data_seed: 42,
-        shuffle: pipeline::train::data_order::Shuffle::EachEpoch,
-        seed: 42,
-        shards: 1,
-        replicas: 1,
-        gradient_checkpointing: true,
+        ..crate::train_loop::spec()
     };
     let dir = tempfile::tempdir().unwrap();
     let (cfg, _) = read_peft_state(&fixtures().join("initial_adapter")).unwrap();

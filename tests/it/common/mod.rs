@@ -3,7 +3,7 @@
 //! the runner without model code is the crate's `pipeline::testkit`.)
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -158,4 +158,27 @@ pub fn pipeline_out(dir: &Path, args: &[&str], env: &[(&str, &str)], want: i32) 
         stderr,
         shown,
     }
+}
+
+/// The complete cache entries of `kind` under `runs/cache`, sorted (each one's manifest
+/// names the kind).
+pub fn entries(runs: &Path, kind: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(runs.join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{kind}-"))
+        })
+        .collect();
+    out.sort();
+    for e in &out {
+        let m: Value =
+            serde_json::from_str(&std::fs::read_to_string(e.join("manifest.json")).unwrap())
+                .unwrap();
+        assert_eq!(m["kind"], kind, "{}", e.display());
+    }
+    out
 }

@@ -12,28 +12,46 @@ pub type B = burn::backend::Flex;
 /// The fixtures of the checkout the test was built in, or, when that path is gone (a test
 /// binary carried to another machine, run from the repository root), `./tests/fixtures/golden`.
 /// The golden batch of `inputs.safetensors` (3 samples of different lengths) padded on
-/// `side`: pixel values decoded from the u8 codes as `(code - 128) / 64`.
+/// `side`, on the test backend.
 pub fn golden_inputs(side: &str) -> pipeline::model::inputs::ModelInputs<B> {
-    let inp = Fixture::open("inputs.safetensors");
+    golden_batch(
+        &Fixture::open("inputs.safetensors"),
+        side,
+        &Default::default(),
+    )
+}
+
+/// The golden batch of `inp` padded on `side`, on `dev`.
+pub fn golden_batch<Bk: Backend>(
+    inp: &Fixture,
+    side: &str,
+    dev: &Bk::Device,
+) -> pipeline::model::inputs::ModelInputs<Bk> {
+    pipeline::model::inputs::ModelInputs {
+        input_ids: inp.int2_on(&format!("input_ids_{side}"), dev),
+        attention_mask: inp.int2_on(&format!("attention_mask_{side}"), dev),
+        pixel_values: Some(golden_pixels(inp, dev)),
+        image_grid_thw: golden_grids(inp),
+    }
+}
+
+/// The golden pixel values, decoded from the u8 codes as `(code - 128) / 64`.
+pub fn golden_pixels<Bk: Backend>(inp: &Fixture, dev: &Bk::Device) -> Tensor<Bk, 2> {
     let s = inp.shape("pixel_codes");
-    let px: Vec<f32> = inp
+    let v: Vec<f32> = inp
         .values("pixel_codes")
         .into_iter()
         .map(|c| ((c - 128.0) / 64.0) as f32)
         .collect();
-    pipeline::model::inputs::ModelInputs {
-        input_ids: inp.int2(&format!("input_ids_{side}")),
-        attention_mask: inp.int2(&format!("attention_mask_{side}")),
-        pixel_values: Some(Tensor::from_data(
-            TensorData::new(px, [s[0], s[1]]),
-            (&Default::default(), DType::F32),
-        )),
-        image_grid_thw: inp
-            .ints("grids")
-            .chunks(3)
-            .map(|g| [g[0] as usize, g[1] as usize, g[2] as usize])
-            .collect(),
-    }
+    Tensor::from_data(TensorData::new(v, [s[0], s[1]]), (dev, DType::F32))
+}
+
+/// The golden images' `(t, h, w)` patch grids.
+pub fn golden_grids(inp: &Fixture) -> Vec<[usize; 3]> {
+    inp.ints("grids")
+        .chunks(3)
+        .map(|g| [g[0] as usize, g[1] as usize, g[2] as usize])
+        .collect()
 }
 
 pub fn golden_dir() -> PathBuf {
@@ -117,11 +135,12 @@ impl Fixture {
     }
 
     pub fn int2(&self, key: &str) -> Tensor<B, 2, Int> {
+        self.int2_on(key, &Default::default())
+    }
+
+    pub fn int2_on<Bk: Backend>(&self, key: &str, dev: &Bk::Device) -> Tensor<Bk, 2, Int> {
         let s = self.shape(key);
-        Tensor::from_data(
-            TensorData::new(self.ints(key), [s[0], s[1]]),
-            &Default::default(),
-        )
+        Tensor::from_data(TensorData::new(self.ints(key), [s[0], s[1]]), dev)
     }
 }
 

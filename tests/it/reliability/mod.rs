@@ -13,35 +13,10 @@ use std::path::{Path, PathBuf};
 
 /// The tiny preset on a slice of shapes11: dataset + a 2-step training (eval and a
 /// checkpoint after each step).
-pub const BASE: &str = r#"name = "rel"
-seed = 3
-
-[model]
-preset = "tiny"
-torch_dtype = "float32"
-device = "cpu"
-
-[task]
-num_labels = 11
-
-[stages.data]
-kind = "dataset"
-dataset = "data/train.jsonl"
-val_dataset = "data/test.jsonl"
-max_pixels = 12544
-
-[stages.train]
-kind = "train"
-needs = ["data"]
-lora_rank = 4
-learning_rate = 1e-3
-max_steps = 2
-per_device_train_batch_size = 2
-per_device_eval_batch_size = 8
-eval_steps = 1
-save_steps = 1
-logging_steps = 1
-"#;
+pub const BASE: &str = concat!(
+    "name = \"rel\"\n",
+    include_str!("../common/tiny_train.toml")
+);
 
 /// A temp project: `exp.toml` (`text`) and the first 8 train / 4 test rows of shapes11
 /// with absolute image paths.
@@ -54,16 +29,7 @@ pub use crate::common::{Out, pipeline_out as pipeline};
 /// The one complete cache entry of `kind`.
 #[track_caller]
 pub fn entry(dir: &Path, kind: &str) -> PathBuf {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir.join("runs/cache"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(&format!("{kind}-"))
-        })
-        .collect();
+    let mut found = crate::common::entries(&dir.join("runs"), kind);
     assert_eq!(found.len(), 1, "{found:?}");
     found.pop().unwrap()
 }

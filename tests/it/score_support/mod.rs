@@ -109,29 +109,16 @@ pub fn max_abs_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
 
 // ------------------------------------------------------------------ running stages
 
-use pipeline::experiment::schema::{Common, ModelSpec, TaskSpec};
+use pipeline::experiment::schema::{Common, ModelSpec};
 use pipeline::graph::{Stage, StageContext, StageError, Upstream};
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// `[model]` + `[task]` for a model directory (f32 on the CPU).
 pub fn common_for(model_dir: &Path, num_labels: usize, problem_type: Option<&str>) -> Common {
-    Common {
-        model: ModelSpec {
-            preset: None,
-            path: Some(model_dir.display().to_string()),
-            model: None,
-            torch_dtype: "float32".into(),
-            device: "cpu".into(),
-        },
-        task: TaskSpec {
-            task_type: "seq_cls".into(),
-            num_labels,
-            problem_type: problem_type.map(str::to_string),
-            labels: None,
-        },
-        seed: 42,
-    }
+    let mut common = Common::for_model(ModelSpec::cpu_f32(None, Some(model_dir)), num_labels);
+    common.task.problem_type = problem_type.map(str::to_string);
+    common
 }
 
 /// Run `stage` into `out_dir` with `inputs` (name → (kind, dir)), like the executor does;
@@ -199,4 +186,40 @@ pub fn log_softmax(z: &[f64]) -> Vec<f64> {
     let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
     z.iter().map(|v| v - lse).collect()
+}
+
+/// Check scores.jsonl lines against `logits` (one row per reference row) under
+/// log_softmax: the same rows, labels, argmax and top log-probs best first. Returns the
+/// largest |Δ log p|.
+pub fn check_single_label(scores: &[Value], logits: &[Vec<f64>]) -> f64 {
+    let rows = reference_rows();
+    assert_eq!(scores.len(), rows.len());
+    let mut worst = 0.0f64;
+    for ((line, row), z) in scores.iter().zip(&rows).zip(logits) {
+        let expect = log_softmax(z);
+        let got = floats(&line["class_logprobs"]);
+        worst = worst.max(
+            got.iter()
+                .zip(&expect)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max),
+        );
+        let pred = (0..3)
+            .max_by(|&a, &b| expect[a].total_cmp(&expect[b]))
+            .unwrap();
+        assert_eq!(line["index"], row["index"]);
+        assert_eq!(line["labels"], row["label"]);
+        assert_eq!(line["response"], pred);
+        let c = &line["logprobs"]["content"][0];
+        assert_eq!(c["index"], pred);
+        let top: Vec<f64> = c["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["logprob"].as_f64().unwrap())
+            .collect();
+        assert_eq!(top.len(), 3);
+        assert!(top.windows(2).all(|w| w[0] >= w[1]), "best first: {top:?}");
+    }
+    worst
 }
