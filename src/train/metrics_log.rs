@@ -33,13 +33,15 @@ pub fn round_to(x: f64, digits: usize) -> f64 {
     format!("{x:.digits$}").parse().unwrap_or(x)
 }
 
-/// ms-swift `format_time`: `1d 2h 3m 4s`, leading zero units dropped.
+/// ms-swift `format_time`: `1d 2h 3m 4s`, leading zero units dropped. The total is rounded
+/// (half to even, as Python's `round`) before it is split, so 119.6 s is `2m 0s`, never
+/// `1m 60s`.
 pub fn format_time(seconds: f64) -> String {
-    let seconds = seconds.max(0.0);
-    let days = (seconds / 86400.0).floor() as u64;
-    let hours = ((seconds % 86400.0) / 3600.0).floor() as u64;
-    let minutes = ((seconds % 3600.0) / 60.0).floor() as u64;
-    let secs = (seconds % 60.0).round_ties_even() as u64;
+    let total = seconds.max(0.0).round_ties_even() as u64;
+    let days = total / 86400;
+    let hours = total % 86400 / 3600;
+    let minutes = total % 3600 / 60;
+    let secs = total % 60;
     if days > 0 {
         format!("{days}d {hours}h {minutes}m {secs}s")
     } else if hours > 0 {
@@ -185,6 +187,11 @@ mod tests {
         assert_eq!(format_time(125.0), "2m 5s");
         assert_eq!(format_time(3600.0 * 9.0 + 30.0 * 60.0 + 16.0), "9h 30m 16s");
         assert_eq!(format_time(86400.0 + 61.0), "1d 0h 1m 1s");
+        // A rounded-up second carries into the minute (and on).
+        assert_eq!(format_time(119.6), "2m 0s");
+        assert_eq!(format_time(59.6), "1m 0s");
+        assert_eq!(format_time(3599.5), "1h 0m 0s");
+        assert_eq!(format_time(86399.7), "1d 0h 0m 0s");
     }
 
     #[test]
