@@ -22,7 +22,7 @@ pub fn to_hf_json(state: &TrainerState, run_dir: &std::path::Path) -> Value {
         .iter()
         .filter_map(|line| {
             // transformers' log_history: the numbers of each log call plus its step.
-            let step = crate::train::metrics_log::step_of(line)?;
+            let step = super::log_step::step_of(line)?;
             let mut e: Map<String, Value> = line
                 .iter()
                 .filter(|(k, v)| {

@@ -8,6 +8,7 @@
 //! decimals as ms-swift does. The time keys ([`TIME_KEYS`]) are the only nondeterministic
 //! values. ms-swift's `memory(GiB)` is omitted (ms-swift also omits it on CPU).
 
+use super::log_step::STEP_KEY;
 use serde_json::{Map, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -113,19 +114,6 @@ pub struct Progress {
     /// Steps done by this process (resumed runs start counting at the resume point).
     pub steps_this_run: usize,
     pub elapsed_s: f64,
-}
-
-/// The key of a line's `"step/max"` progress (absent from the closing summary line).
-pub const STEP_KEY: &str = "global_step/max_steps";
-
-/// The global step a logged line was written at; None for lines without [`STEP_KEY`].
-pub fn step_of(line: &Map<String, Value>) -> Option<usize> {
-    line.get(STEP_KEY)?
-        .as_str()?
-        .split('/')
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// Add `epoch` and the ms-swift progress keys, then round floats to 8 decimals.

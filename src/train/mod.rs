@@ -17,6 +17,7 @@ pub mod console;
 pub mod data_order;
 pub mod evaluate;
 pub mod hf_state;
+pub mod log_step;
 pub mod loss;
 pub mod metrics_log;
 pub mod optimizer;

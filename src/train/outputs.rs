@@ -62,7 +62,7 @@ pub fn curves(history: &[Map<String, Value>]) -> Vec<Chart> {
         history
             .iter()
             .filter_map(|l| {
-                let step = crate::train::metrics_log::step_of(l)? as f64;
+                let step = super::log_step::step_of(l)? as f64;
                 Some((step, l.get(key)?.as_f64()?))
             })
             .collect()

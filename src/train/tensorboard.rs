@@ -89,7 +89,7 @@ enum EventBody<'a> {
 /// The scalars of one `logging.jsonl` line and its step; None for lines without a
 /// `global_step/max_steps` (the closing summary line, as in ms-swift's event files).
 pub fn line_scalars(line: &Map<String, Value>) -> Option<(i64, Vec<(String, f32)>)> {
-    let step = crate::train::metrics_log::step_of(line)? as i64;
+    let step = super::log_step::step_of(line)? as i64;
     let values = line
         .iter()
         .filter(|(k, _)| !LOGGING_ONLY_KEYS.contains(&k.as_str()))
