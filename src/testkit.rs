@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::experiment::{Common, StageParams, StageSpec};
 use crate::graph::{Stage, StageContext, StageError, StageFactory};
+use crate::train::log_step::STEP_KEY;
 
 #[derive(Debug, Clone)]
 pub enum Behavior {
@@ -144,7 +145,7 @@ impl TestStage {
                 let lr = self.params["learning_rate"].as_f64().unwrap_or(0.0);
                 let loss = 1.0 / (1.0 + r) + lr * 1e3;
                 let lines = [
-                    json!({"loss": 2.0, "global_step/max_steps": "1/2"}),
+                    json!({"loss": 2.0, STEP_KEY: "1/2"}),
                     json!({"eval_loss": loss + 0.5, "eval_acc": 0.1, "eval_runtime": 1.0}),
                     json!({"eval_loss": loss, "eval_acc": 1.0 - loss, "eval_runtime": 1.0}),
                     json!({"best_metric": loss}),

@@ -213,13 +213,7 @@ pub fn train_value_problem(p: &TrainParams) -> Option<(&'static str, String)> {
                 "",
             )
         })
-        .or_else(|| {
-            at_least_one(
-                "nproc_per_node",
-                p.nproc_per_node,
-                " (replicas, one per device)",
-            )
-        })
+        .or_else(|| nproc_problem(p.nproc_per_node))
         .or_else(|| {
             (p.max_steps != -1 && p.max_steps < 1).then(|| {
                 (
@@ -336,9 +330,13 @@ pub(crate) fn check_replica_pools(
     Ok(())
 }
 
-fn nproc(c: &Check, name: &str, n: usize) -> Result<()> {
-    c.ensure(n >= 1, &["stages", name, "nproc_per_node"], || {
-        "nproc_per_node must be ≥ 1 (replicas, one per device)".into()
+/// `nproc_per_node` (the train and score stages' replicas) below 1, as `(key, message)`.
+fn nproc_problem(n: usize) -> Option<(&'static str, String)> {
+    (n < 1).then(|| {
+        (
+            "nproc_per_node",
+            "nproc_per_node must be ≥ 1 (replicas, one per device)".to_string(),
+        )
     })
 }
 
@@ -399,7 +397,9 @@ fn score(
     c.ensure(p.batch_size >= 1, &at("batch_size"), || {
         "batch_size must be ≥ 1".into()
     })?;
-    nproc(c, name, p.nproc_per_node)?;
+    if let Some((key, msg)) = nproc_problem(p.nproc_per_node) {
+        return Err(c.err(&at(key), msg));
+    }
     let train = train_of(&p.needs, stages);
     if p.checkpoint != "last" || train.is_some() {
         check_best(c, &at("checkpoint"), &p.checkpoint, train, datasets)?;

@@ -28,8 +28,8 @@ pub fn golden_batch<Bk: Backend>(
     dev: &Bk::Device,
 ) -> pipeline::model::inputs::ModelInputs<Bk> {
     pipeline::model::inputs::ModelInputs {
-        input_ids: inp.int2_on(&format!("input_ids_{side}"), dev),
-        attention_mask: inp.int2_on(&format!("attention_mask_{side}"), dev),
+        input_ids: inp.int2(&format!("input_ids_{side}"), dev),
+        attention_mask: inp.int2(&format!("attention_mask_{side}"), dev),
         pixel_values: Some(golden_pixels(inp, dev)),
         image_grid_thw: golden_grids(inp),
     }
@@ -134,11 +134,7 @@ impl Fixture {
         )
     }
 
-    pub fn int2(&self, key: &str) -> Tensor<B, 2, Int> {
-        self.int2_on(key, &Default::default())
-    }
-
-    pub fn int2_on<Bk: Backend>(&self, key: &str, dev: &Bk::Device) -> Tensor<Bk, 2, Int> {
+    pub fn int2<Bk: Backend>(&self, key: &str, dev: &Bk::Device) -> Tensor<Bk, 2, Int> {
         let s = self.shape(key);
         Tensor::from_data(TensorData::new(self.ints(key), [s[0], s[1]]), dev)
     }
